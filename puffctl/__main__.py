@@ -1,0 +1,3 @@
+from puffctl.cli import main
+
+main()

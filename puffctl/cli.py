@@ -1,0 +1,32 @@
+"""The `puffctl` command line: the root app, its command groups, and one-line errors."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from puffctl.commands import toolchain
+from puffctl.errors import PuffctlError
+
+app = typer.Typer(
+    name="puffctl",
+    help="Experiment orchestrator for RL research: boxes, dev containers, the advantage "
+    "extension, training profiles with a live profiling table, and ablation batches.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for group in (toolchain,):
+    group.register(app)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning PuffctlError into one line and its exit code."""
+    try:
+        app()
+    except PuffctlError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        sys.exit(error.exit_code)

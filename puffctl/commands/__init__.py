@@ -1,0 +1,1 @@
+"""Typer command groups: each parses, calls one function of a logic module, renders."""

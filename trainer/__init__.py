@@ -1,0 +1,1 @@
+"""The RL trainer. Runs on its own: `python -m trainer --config FILE --run-dir DIR`."""
