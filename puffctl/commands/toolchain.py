@@ -1,0 +1,41 @@
+"""`puffctl build` and `puffctl doctor`: the advantage extension and the toolchain around it."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def build(
+    clean: bool = typer.Option(False, "--clean", help="Delete cached builds for these sources first and compile from scratch."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every compiler command and its full output."),
+    flavor: str = typer.Option("auto", "--flavor", help="auto (CUDA when torch has CUDA and nvcc exists), cpu or cuda."),
+) -> None:
+    """Compile the C++/CUDA advantage ops, cached by source hash and torch/CUDA version."""
+    from puffctl import build as build_module
+
+    result = build_module.build(clean=clean, verbose=verbose, flavor=flavor, console=console)
+    state = "cached build, nothing to compile" if result.cached else f"built in {result.seconds:.1f} s"
+    console.print(f"[green]ok[/] {result.flavor} extension: {state}\n   {result.library}")
+
+
+def doctor() -> None:
+    """Check Python, torch, CUDA, nvcc, the C++ compiler and the extension; each with a hint."""
+    from puffctl import doctor as doctor_module
+
+    checks = doctor_module.run_checks()
+    for check in checks:
+        mark = "[green]ok[/]     " if check.ok else "[red]problem[/]"
+        console.print(f"{mark} [bold]{check.name}[/]: {check.detail}", highlight=False)
+        if not check.ok and check.hint:
+            console.print(f"         hint: {check.hint}", highlight=False)
+    if not all(check.ok for check in checks if check.required):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `build` and `doctor` to the root app."""
+    app.command()(build)
+    app.command()(doctor)
