@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -134,21 +137,37 @@ def random_shapes(count: int = 40) -> list[tuple[int, int]]:
     return edge + [(rng.randint(1, 3000), rng.randint(1, 257)) for _ in range(count - len(edge))]
 
 
-@pytest.mark.usefixtures("compiled_ops")
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request, compiled_ops) -> str:
+    """The device the compiled ops run on; CUDA only where a GPU and a CUDA build exist."""
+    if request.param == "cuda" and not (torch.cuda.is_available() and compiled_ops == "cuda"):
+        pytest.skip("needs a GPU and the CUDA build of the extension")
+    return request.param
+
+
+def on(device: str, *tensors):
+    return [None if t is None else (Bootstrap(*(b.to(device) for b in t)) if isinstance(t, Bootstrap) else t.to(device))
+            for t in tensors]
+
+
+def compiled_on(device, estimator, values, rewards, dones, importance, bootstrap, **kw):
+    got = run(estimator, *on(device, values, rewards, dones, importance), "compiled", *on(device, bootstrap), **kw)
+    return tuple(t.cpu() for t in got) if isinstance(got, tuple) else got.cpu()
+
+
 @pytest.mark.parametrize("rows,horizon", random_shapes())
-def test_compiled_matches_reference_on_random_shapes(rows, horizon):
+def test_compiled_matches_reference_on_random_shapes(rows, horizon, device):
     values, rewards, dones, importance, boot = batch(rows, horizon, seed=rows * 1000 + horizon)
     for estimator in ESTIMATORS:
         for bootstrap in (None, boot):
             expected = run(estimator, values, rewards, dones, importance, "torch", bootstrap, c_clip=0.95)
-            got = run(estimator, values, rewards, dones, importance, "compiled", bootstrap, c_clip=0.95)
+            got = compiled_on(device, estimator, values, rewards, dones, importance, bootstrap, c_clip=0.95)
             assert_same(got, expected)
 
 
-@pytest.mark.usefixtures("compiled_ops")
 @pytest.mark.parametrize("pattern", ["none", "one_per_row", "every_step", "alternate"])
 @pytest.mark.parametrize("ratios", ["zero", "huge", "inf", "mixed"])
-def test_done_patterns_and_extreme_ratios(pattern, ratios):
+def test_done_patterns_and_extreme_ratios(pattern, ratios, device):
     rows, horizon = 37, 40
     values, rewards, _, _, boot = batch(rows, horizon, seed=11)
     one_per_row = torch.zeros(rows, horizon)
@@ -162,13 +181,13 @@ def test_done_patterns_and_extreme_ratios(pattern, ratios):
     for estimator in ESTIMATORS:
         for bootstrap in (None, boot):
             expected = run(estimator, values, rewards, dones, importance, "torch", bootstrap)
-            got = run(estimator, values, rewards, dones, importance, "compiled", bootstrap)
+            got = compiled_on(device, estimator, values, rewards, dones, importance, bootstrap)
             assert_same(got, expected)
             for t in (got if isinstance(got, tuple) else (got,)):
                 assert torch.isfinite(t).all()
     if ratios == "zero":
         # rho = 0 removes every delta: no advantage anywhere
-        assert torch.all(run("puff", values, rewards, dones, importance, "compiled") == 0)
+        assert torch.all(compiled_on(device, "puff", values, rewards, dones, importance, None) == 0)
 
 
 def test_non_contiguous_inputs_and_outputs(backend):
@@ -275,3 +294,13 @@ def test_compute_returns_advantages_and_value_targets():
                                            backend="torch"))
     with pytest.raises(ValueError, match="estimator must be one of"):
         advantage.compute(values, rewards, dones, estimator="td", gamma=GAMMA, gae_lambda=LAMBDA)
+
+
+@pytest.mark.usefixtures("compiled_ops")
+def test_the_cuda_kernels_row_scan_matches_the_reference_on_the_cpu():
+    """PUFFCTL_PORTABLE_KERNEL=1 runs the CUDA kernel's per-row code on the CPU: hold it to the same tests."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "random_shapes and cpu or done_patterns and cpu"],
+                          capture_output=True, text=True, env={**os.environ, "PUFFCTL_PORTABLE_KERNEL": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
