@@ -119,6 +119,7 @@ class GymVecEnv(VecEnv):
                 obs[ended] = self._row_reset(self.env, ended)
             else:
                 final_obs[ended] = self._final_rows(info, ended)
+            _add_final_info_stats(episodes, info.get("final_info"), ended)
         return StepResult(obs, rewards, terminations, truncations, final_obs, episodes)
 
     def close(self) -> None:
@@ -150,6 +151,23 @@ class GymVecEnv(VecEnv):
         else:
             final = _select_rows(final, ended)
         return self._flatten(final, self._scratch)
+
+
+def _add_final_info_stats(episodes: list[dict], final_info: Any, ended: np.ndarray) -> None:
+    """Copy the numeric scalars of each ended sub-env's last info (e.g. a game's score) into its
+    episode dict, next to episode_return and episode_length (which they never overwrite)."""
+    if not isinstance(final_info, dict):
+        return
+    for key, values in final_info.items():
+        if key.startswith("_") or key in ("episode_return", "episode_length"):
+            continue
+        values = np.asarray(values)
+        if values.ndim != 1 or values.dtype.kind not in "biuf":
+            continue
+        present = np.asarray(final_info.get("_" + key, np.ones(len(values), dtype=np.bool_)))
+        for episode, value, has in zip(episodes, values[ended].tolist(), present[ended].tolist()):
+            if has:
+                episode[key] = float(value)
 
 
 def _select_rows(batch: Any, rows: np.ndarray) -> Any:
