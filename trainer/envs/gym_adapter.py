@@ -99,9 +99,16 @@ class GymVecEnv(VecEnv):
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is None:
             seed, self._next_seed = self._next_seed, None
-        obs, _ = self.env.reset(seed=seed)
+        obs, _ = self.env.reset(seed=self._sub_env_seeds(seed))
         self._episodes.reset()
         return self._flat(obs)
+
+    def _sub_env_seeds(self, seed: int | None) -> int | list[int] | None:
+        """Seeds for a reset. Sync vectorization would seed sub-env i with seed + i, so runs with
+        seeds 5 and 6 would share all but one sub-env; draw independent seeds from the seed instead."""
+        if seed is None or not isinstance(self.env, SyncVectorEnv):
+            return seed
+        return np.random.SeedSequence(seed).generate_state(self.num_envs).tolist()
 
     def step(self, actions: np.ndarray) -> StepResult:
         obs, rewards, terminations, truncations, info = self.env.step(self._convert_actions(actions))
@@ -137,7 +144,7 @@ class GymVecEnv(VecEnv):
     def _flat(self, obs: Any) -> np.ndarray:
         """Flat float32 [N, obs_size]; a float32 Box batch passes through without a copy."""
         if self._flatten.is_plain_float32:
-            return np.asarray(obs).reshape(self.num_envs, self.obs_size)
+            return np.asarray(obs, dtype=np.float32).reshape(self.num_envs, self.obs_size)
         return self._flatten(obs, self._obs)
 
     def _final_rows(self, info: dict, ended: np.ndarray) -> np.ndarray:
