@@ -23,6 +23,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import concatenate, create_empty_array
 
@@ -55,8 +56,7 @@ class GymVecEnv(VecEnv):
             raise EnvError(f"unknown gymnasium env id {env_id!r}: {error}") from None
         self.env_id = env_id
         self.num_envs = num_envs
-        self._row_reset: RowReset | None = None
-        self.env = self._make_native(spec, num_envs, kwargs)
+        self.env, self.vectorization, self._row_reset = _make_native(spec, num_envs, kwargs)
         if self.env is None:
             self.env = _make_vec(
                 env_id,
@@ -76,25 +76,6 @@ class GymVecEnv(VecEnv):
         self._scratch = np.zeros((num_envs, self.obs_size), dtype=np.float32)
         self._episodes = EpisodeTracker(num_envs)
         self._next_seed: int | None = seed
-
-    def _make_native(self, spec: gymnasium.envs.registration.EnvSpec, num_envs: int, kwargs: dict) -> Any:
-        """The env's own vector implementation if it gives (or we can give it) same-step resets."""
-        if spec.vector_entry_point is None or spec.additional_wrappers:
-            return None
-        try:
-            env = _make_vec(spec.id, num_envs, vectorization_mode="vector_entry_point", **kwargs)
-        except EnvError:
-            return None
-        mode = env.metadata.get("autoreset_mode")
-        if mode == AutoresetMode.SAME_STEP:
-            self.vectorization = "native"
-            return env
-        if mode == AutoresetMode.NEXT_STEP and type(env.unwrapped) in ROW_RESETS:
-            self._row_reset = ROW_RESETS[type(env.unwrapped)]
-            self.vectorization = "native, next-step converted"
-            return env.unwrapped
-        env.close()
-        return None
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is None:
@@ -142,9 +123,7 @@ class GymVecEnv(VecEnv):
         return state
 
     def _flat(self, obs: Any) -> np.ndarray:
-        """Flat float32 [N, obs_size]; a float32 Box batch passes through without a copy."""
-        if self._flatten.is_plain_float32:
-            return np.asarray(obs, dtype=np.float32).reshape(self.num_envs, self.obs_size)
+        """The batch flattened into the env's obs buffer (C-contiguous float32 [N, obs_size])."""
         return self._flatten(obs, self._obs)
 
     def _final_rows(self, info: dict, ended: np.ndarray) -> np.ndarray:
@@ -158,6 +137,24 @@ class GymVecEnv(VecEnv):
         else:
             final = _select_rows(final, ended)
         return self._flatten(final, self._scratch)
+
+
+def _make_native(spec: EnvSpec, num_envs: int, kwargs: dict) -> tuple[Any, str, RowReset | None]:
+    """The env's own vector implementation, if it resets on the same step or we can make it
+    (then with its row reset): (env, vectorization label, row reset); env None otherwise."""
+    if spec.vector_entry_point is None or spec.additional_wrappers:
+        return None, "", None
+    try:
+        env = _make_vec(spec.id, num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    except EnvError:
+        return None, "", None
+    mode = env.metadata.get("autoreset_mode")
+    if mode == AutoresetMode.SAME_STEP:
+        return env, "native", None
+    if mode == AutoresetMode.NEXT_STEP and type(env.unwrapped) in ROW_RESETS:
+        return env.unwrapped, "native, next-step converted", ROW_RESETS[type(env.unwrapped)]
+    env.close()
+    return None, "", None
 
 
 def _add_final_info_stats(episodes: list[dict], final_info: Any, ended: np.ndarray) -> None:
