@@ -17,6 +17,7 @@ gymnasium's with the fake transitions cut out.
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -50,16 +51,13 @@ class GymVecEnv(VecEnv):
     """A gymnasium vector env with same-step autoreset, flat float32 obs and our episode stats."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, **kwargs: Any) -> None:
-        try:
-            spec = gymnasium.spec(env_id)
-        except gymnasium.error.Error as error:
-            raise EnvError(f"unknown gymnasium env id {env_id!r}: {error}") from None
+        spec = _find_spec(env_id)
         self.env_id = env_id
         self.num_envs = num_envs
         self.env, self.vectorization, self._row_reset = _make_native(spec, num_envs, kwargs)
         if self.env is None:
             self.env = _make_vec(
-                env_id,
+                spec.id,
                 num_envs,
                 vectorization_mode="sync",
                 vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False},
@@ -137,6 +135,21 @@ class GymVecEnv(VecEnv):
         else:
             final = _select_rows(final, ended)
         return self._flatten(final, self._scratch)
+
+
+def _find_spec(env_id: str) -> EnvSpec:
+    """The registered spec of `env_id`; "module:Env-v0" imports `module` first (third-party envs
+    register themselves on import, e.g. "gym:ale_py:ALE/Pong-v5")."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise EnvError(f"cannot import {module!r} for gymnasium env {env_id!r}: {error}") from None
+    try:
+        return gymnasium.spec(name)
+    except gymnasium.error.Error as error:
+        raise EnvError(f"unknown gymnasium env id {name!r}: {error}") from None
 
 
 def _make_native(spec: EnvSpec, num_envs: int, kwargs: dict) -> tuple[Any, str, RowReset | None]:
