@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -115,6 +116,7 @@ def main() -> None:
         )
         case.env.close()
     console.print(table)
+    console.print(f"cpu cores: {os.cpu_count()}, load average (1 min): {os.getloadavg()[0]:.2f}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -125,6 +127,7 @@ def main() -> None:
         "seconds_per_row": args.seconds,
         "rounds": args.rounds,
         "statistic": "best round",
+        "load_average_1m_at_end": os.getloadavg()[0],
         "rows": rows,
     }
     args.out.write_text(json.dumps(report, indent=2))
