@@ -412,7 +412,7 @@ def exec_detached(engine, container_id: str, cmd: list[str], log_path: str, env:
     """
     script = (f"mkdir -p \"$(dirname {shlex.quote(log_path)})\" && "
               f"{{ {shlex.join(cmd)} ; }} > {shlex.quote(log_path)} 2>&1; "
-              f"echo $? > {shlex.quote(log_path + '.exit')}")
+              f"code=$?; echo $code > {shlex.quote(log_path + '.exit')}; exit $code")
     api = engine.client.api
     created = api.exec_create(container_id, ["sh", "-c", script], environment=env, workdir=workdir)
     api.exec_start(created["Id"], detach=True)
@@ -431,26 +431,41 @@ def logs(engine, name: str, follow: bool = False, tail: int | None = None) -> It
     return container.logs(stream=True, follow=follow, tail=tail if tail is not None else "all")
 
 
-def shell(engine, name: str, command: list[str] | None = None, stdin=None, stdout=None) -> int:
-    """An interactive shell (bash if present) in my dev container, on a TTY; returns its exit code."""
+def _frames(buffer: bytearray) -> Iterator[tuple[int, bytes]]:
+    """Complete (stream, payload) frames of Docker's multiplexed stream, consumed from buffer."""
+    while len(buffer) >= 8:
+        size = int.from_bytes(buffer[4:8], "big")
+        if len(buffer) < 8 + size:
+            return
+        stream, payload = buffer[0], bytes(buffer[8:8 + size])
+        del buffer[:8 + size]
+        yield stream, payload
+
+
+def shell(engine, name: str, command: list[str] | None = None, stdin=None, stdout=None, stderr=None) -> int:
+    """A shell (bash if present) in my dev container; returns its exit code.
+
+    On a terminal it gets a TTY (raw mode, window size); with piped input it reads the script
+    from stdin until end of input, its stdout and stderr kept apart.
+    """
     import socket as socket_module
     import termios
     import tty as tty_module
 
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     container = resolve(engine, name, verb="open a shell in")
     if container.status != "running":
         raise PuffctlError(f"container {container.name} is {container.status}: `puffctl container up {engine.box}` first")
     cmd = command or ["sh", "-c", "command -v bash >/dev/null 2>&1 && exec bash -l || exec sh -l"]
     api = engine.client.api
     interactive = stdin.isatty()
-    created = api.exec_create(container.id, cmd, stdin=True, tty=True, workdir=WORKSPACE,
+    created = api.exec_create(container.id, cmd, stdin=True, tty=interactive, workdir=WORKSPACE,
                               environment={"TERM": os.environ.get("TERM", "xterm")})
-    sock = api.exec_start(created["Id"], tty=True, socket=True)
+    sock = api.exec_start(created["Id"], tty=interactive, socket=True)
     raw = getattr(sock, "_sock", sock)
-    in_fd, out_fd = stdin.fileno(), stdout.fileno()
+    in_fd, out_fd, err_fd = stdin.fileno(), stdout.fileno(), stderr.fileno()
     saved = termios.tcgetattr(in_fd) if interactive else None
+    pending = bytearray()
     try:
         if interactive:
             size = os.get_terminal_size(out_fd)
@@ -463,7 +478,12 @@ def shell(engine, name: str, command: list[str] | None = None, stdin=None, stdou
                 data = raw.recv(65536)
                 if not data:
                     break
-                os.write(out_fd, data)
+                if interactive:
+                    os.write(out_fd, data)
+                else:
+                    pending += data
+                    for stream, payload in _frames(pending):
+                        os.write(err_fd if stream == 2 else out_fd, payload)
             if reading and in_fd in ready:
                 data = os.read(in_fd, 65536)
                 if data:

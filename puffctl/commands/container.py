@@ -85,7 +85,7 @@ def sync(
                   f"/workspace at {commit}{dirty}; removed {result.removed} no longer tracked", highlight=False)
 
 
-@group.command("exec", context_settings={"allow_interspersed_args": False})
+@group.command("exec")
 def exec_(
     target: str = typer.Argument(..., metavar="BOX[/NAME]", help=TARGET_HELP),
     command: list[str] = typer.Argument(..., metavar="-- CMD...", help="The command and its arguments."),

@@ -26,6 +26,21 @@ def _unavailable(reason: str):
     pytest.skip(f"real parts unavailable: {reason}")
 
 
+@pytest.fixture(autouse=True)
+def _deadline():
+    """No box test may hang the suite: each gets 120 s, then fails with a TimeoutError."""
+    import signal
+
+    def expire(signum, frame):
+        raise TimeoutError("box test ran over 120 s (a hung stream or connection?)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture(scope="session")
 def docker_engine():
     """A private dockerd (vfs, no bridge) with the busybox test image built; stopped at the end."""
@@ -70,10 +85,11 @@ class CliResult:
 
 
 @pytest.fixture
-def cli():
-    """Run the real app (puffctl.cli.app) through typer's CliRunner."""
+def cli(monkeypatch):
+    """Run the real app (puffctl.cli.app) through typer's CliRunner, on a wide terminal."""
     from typer.testing import CliRunner
 
+    monkeypatch.setenv("COLUMNS", "250")
     from puffctl.cli import app
 
     runner = CliRunner()
