@@ -55,13 +55,16 @@ def list_() -> None:
         colour = {"healthy": "green", "unhealthy": "red"}.get(state, "yellow")
         failed = f" ({', '.join(health.get('failed', []))})" if health.get("failed") else ""
         table.add_row(box.name, box.host,
-                      "[green]yes[/]" if status.reachable else f"[red]no[/] {status.error.split(': ', 1)[-1]}",
+                      "[green]yes[/]" if status.reachable else "[red]no[/]",
                       f"{status.docker_version} (API {status.api_version})" if status.reachable else "-",
                       gpus, driver,
                       f"{status.containers_running}/{status.containers_total} ({status.mine_running})"
                       if status.reachable else "-",
                       f"[{colour}]{state}[/]{failed}{when}")
     console.print(table)
+    for status in statuses:
+        if not status.reachable:
+            console.print(f"[red]unreachable[/] {status.error}", highlight=False, soft_wrap=True)
 
 
 def _age(then: float) -> str:
@@ -117,6 +120,7 @@ def provision(
     tag: str = typer.Option(None, "--tag", help="Image tag (default: puffctl-dev:<variant>)."),
     network: str = typer.Option(None, "--network", help="Network for RUN steps (default: the engine's)."),
     check_after: bool = typer.Option(True, "--check/--no-check", help="Run `box check` with the new image."),
+    min_disk_gb: float = typer.Option(20.0, "--min-disk-gb", help="Free disk the check requires, in GiB."),
 ) -> None:
     """Build or update the dev image on the box (context: the repo's git-tracked files), then check it."""
     from rich.status import Status
@@ -138,7 +142,7 @@ def provision(
         status.stop()
         console.print(f"[green]built[/] {image} on {name} in {time.monotonic() - started:.0f} s", highlight=False)
         if check_after:
-            report = boxes.run_checks(engine, box, image)
+            report = boxes.run_checks(engine, box, image, min_disk_gb=min_disk_gb)
             boxes.record_check(report)
     if check_after:
         _print_report(report)
