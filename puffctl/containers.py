@@ -361,6 +361,14 @@ def fetch_path(engine, container_id: str, path: str, dest: Path) -> Path:
 
 # ---- exec, logs, shell ------------------------------------------------------------------------
 
+class ConnectionLost(PuffctlError):
+    """The connection to the box broke while a command's output streamed; the command may still run."""
+
+    def __init__(self, message: str, exec_id: str) -> None:
+        super().__init__(message, exit_code=1)
+        self.exec_id = exec_id
+
+
 class ExecStream:
     """Output of a command running in a container, as (stream, bytes) chunks; then its exit code."""
 
@@ -368,20 +376,30 @@ class ExecStream:
         self.engine, self.id, self._chunks = engine, exec_id, chunks
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        for out, err in self._chunks:
-            if out:
-                yield "stdout", out
-            if err:
-                yield "stderr", err
+        import requests
+        import urllib3
+
+        try:
+            for out, err in self._chunks:
+                if out:
+                    yield "stdout", out
+                if err:
+                    yield "stderr", err
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+            raise ConnectionLost(f"box {self.engine.box}: connection lost while streaming exec {self.id[:12]} "
+                                 f"({type(error).__name__}); the command may still be running", self.id) from None
 
     @property
     def exit_code(self) -> int:
         """The command's exit code once its output has ended (waits briefly for Docker to notice)."""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         while True:
             state = self.engine.client.api.exec_inspect(self.id)
-            if not state.get("Running") or time.monotonic() > deadline:
-                return state.get("ExitCode") if state.get("ExitCode") is not None else -1
+            if not state.get("Running"):
+                return state["ExitCode"]
+            if time.monotonic() > deadline:
+                raise ConnectionLost(f"box {self.engine.box}: output of exec {self.id[:12]} ended but the "
+                                     "command still runs", self.id)
             time.sleep(0.05)
 
 

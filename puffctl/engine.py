@@ -23,8 +23,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
-import requests.adapters
-import urllib3
+import requests
 import urllib3.connection
 import urllib3.connectionpool
 from docker.transport.basehttpadapter import BaseHTTPAdapter
@@ -326,12 +325,15 @@ class _DialStdioPool(urllib3.connectionpool.HTTPConnectionPool):
 
 
 class _DialStdioAdapter(BaseHTTPAdapter):
-    """requests adapter: HTTP to the box's engine through multiplexed dial-stdio sessions."""
+    """requests adapter: HTTP to the box's engine through multiplexed dial-stdio sessions.
 
-    def __init__(self, mux: SSHMux, timeout: float = API_TIMEOUT_S, max_pool_size: int = 10) -> None:
+    Kept-alive connections are reused; at most a few stay open, as each is an SSH session
+    and sshd allows 10 per connection by default (MaxSessions).
+    """
+
+    def __init__(self, mux: SSHMux, timeout: float = API_TIMEOUT_S, max_pool_size: int = 4) -> None:
         super().__init__()
         self.pool = _DialStdioPool(mux, timeout, max_pool_size)
-        self.pools = urllib3._collections.RecentlyUsedContainer(1, dispose_func=lambda p: p.close())
 
     def get_connection(self, url, proxies=None):
         return self.pool
@@ -340,6 +342,7 @@ class _DialStdioAdapter(BaseHTTPAdapter):
         return request.path_url
 
     def close(self) -> None:
+        super().close()
         self.pool.close()
 
 

@@ -6,6 +6,7 @@ import psutil
 import pytest
 
 from puffctl import boxes, containers, engine
+from puffctl.containers import ConnectionLost
 from puffctl.errors import PuffctlError
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh]
@@ -155,3 +156,18 @@ def test_engine_too_old_for_gpu_requests(config_dir, clean_engine, docker_engine
 def test_connect_refuses_bad_urls_before_any_connection():
     with pytest.raises(PuffctlError, match="bad host URL"):
         engine.connect("x", "tcp://127.0.0.1:2375")
+
+
+def test_lost_connection_leaves_the_command_running(ssh_env):
+    boxes.add_box("remote", f"ssh://{ssh_env.alias}", cpu_only=True)
+    with boxes.open_box("remote") as connected:
+        container, _ = containers.up(connected, boxes.get_box("remote"), image=IMAGE, network="none")
+        stream = containers.exec_stream(connected, container.id, ["sh", "-c", "echo started; sleep 30"])
+        chunks = iter(stream)
+        assert next(chunks) == ("stdout", b"started\n")
+        connected._mux._master.kill()  # the SSH connection drops
+        with pytest.raises(ConnectionLost) as lost:
+            list(chunks)
+            stream.exit_code
+    with boxes.open_box("remote") as connected:  # re-attach: the command is still there
+        assert containers.exec_state(connected, lost.value.exec_id)["running"]
