@@ -114,7 +114,15 @@ def exec_(
         if container.status != "running":
             raise PuffctlError(f"container {container.name} is {container.status}: "
                                f"`puffctl container up {box_name} --name {name}` first")
-        code = containers.run(engine, container.id, command, show, env=variables or None, workdir=workdir)
+        stream = containers.exec_stream(engine, container.id, command, env=variables or None, workdir=workdir)
+        try:
+            for kind, data in stream:
+                show(kind, data)
+        except KeyboardInterrupt:
+            console.print(f"\nstopped watching; the command keeps running in {container.name} "
+                          f"(exec {stream.id[:12]})", highlight=False)
+            raise typer.Exit(130) from None
+        code = stream.exit_code
     raise typer.Exit(code)
 
 
