@@ -17,9 +17,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from puffctl.errors import PuffctlError
+
+if TYPE_CHECKING:  # docker is imported only when a command talks to a box
+    from puffctl.engine import Engine
+    from puffctl.gpu import GPUReport
 
 REGISTRY_FILE = "boxes.json"
 DEV_IMAGE = "puffctl-dev"
@@ -152,7 +156,7 @@ def record_health(name: str, health: dict) -> None:
 
 
 @contextlib.contextmanager
-def open_box(name: str) -> Iterator["Engine"]:  # noqa: F821 - engine imported lazily
+def open_box(name: str) -> Iterator[Engine]:
     """Connect to a registered box for the duration of one command (one SSH connection)."""
     from puffctl.engine import connect
 
@@ -217,14 +221,14 @@ class CheckLine:
 class CheckReport:
     box: Box
     lines: list[CheckLine]
-    gpus: "GPUReport | None" = None  # noqa: F821
+    gpus: GPUReport | None = None
 
     @property
     def healthy(self) -> bool:
         return all(line.status != "fail" for line in self.lines)
 
 
-def _gib(size: str | int) -> float:
+def size_gib(size: str | int) -> float:
     if isinstance(size, int):
         return size / 2**30
     match = re.fullmatch(r"([0-9.]+)\s*([kmgt]?)b?", size.strip().lower())
@@ -233,7 +237,7 @@ def _gib(size: str | int) -> float:
     return float(match.group(1)) * {"": 2**-30, "k": 2**-20, "m": 2**-10, "g": 1, "t": 2**10}[match.group(2)]
 
 
-def _run_probe(engine, image: str, script: str, **options) -> tuple[int, str]:
+def _run_probe(engine: Engine, image: str, script: str, **options) -> tuple[int, str]:
     """Run `sh -c script` in a throwaway container (no network); return (exit code, output)."""
     container = engine.client.containers.create(
         image, ["sh", "-c", script], network_mode="none",
@@ -246,7 +250,7 @@ def _run_probe(engine, image: str, script: str, **options) -> tuple[int, str]:
         container.remove(force=True)
 
 
-def image_cuda(engine, image: str) -> str | None:
+def image_cuda(engine: Engine, image: str) -> str | None:
     """The CUDA version an image is built for: its puffctl.cuda label, else its CUDA_VERSION env."""
     attrs = engine.client.images.get(image).attrs
     config = attrs.get("Config") or {}
@@ -259,7 +263,7 @@ def image_cuda(engine, image: str) -> str | None:
     return None
 
 
-def probe_gpus(engine, image: str) -> "GPUReport":  # noqa: F821
+def probe_gpus(engine: Engine, image: str) -> GPUReport:
     """nvidia-smi in a container with all GPUs requested; PuffctlError if GPUs cannot be requested."""
     import docker
     import docker.errors
@@ -278,7 +282,7 @@ def probe_gpus(engine, image: str) -> "GPUReport":  # noqa: F821
     return gpu.parse_probe(output)
 
 
-def _image_present(engine, image: str) -> bool:
+def _image_present(engine: Engine, image: str) -> bool:
     import docker.errors
 
     try:
@@ -288,7 +292,7 @@ def _image_present(engine, image: str) -> bool:
         return False
 
 
-def run_checks(engine, box: Box, image: str | None = None, min_disk_gb: float = MIN_DISK_GB,
+def run_checks(engine: Engine, box: Box, image: str | None = None, min_disk_gb: float = MIN_DISK_GB,
                shm_size: str = DEFAULT_SHM) -> CheckReport:
     """Every health line for a connected box; GPU lines say skip/fail with a hint where no GPU is."""
     from puffctl import gpu
@@ -350,7 +354,8 @@ def run_checks(engine, box: Box, image: str | None = None, min_disk_gb: float = 
                                    "BASE_IMAGE=...) or have the box's admin upgrade the driver"))
 
     if has_image:
-        shm_gib = min(_gib(shm_size), _gib(info.get("MemTotal", 0)) / 2 or _gib(shm_size))
+        memory = size_gib(info.get("MemTotal", 0))
+        shm_gib = min(size_gib(shm_size), memory / 2) if memory else size_gib(shm_size)
         code, output = _run_probe(engine, image, "df -Pk / /dev/shm", shm_size=f"{int(shm_gib * 1024)}m")
         sizes = _parse_df(output) if code == 0 else {}
         free = sizes.get("/", (0, 0))[1] / 2**20
@@ -380,7 +385,7 @@ def _parse_df(output: str) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def _small_shm_containers(engine) -> list[CheckLine]:
+def _small_shm_containers(engine: Engine) -> list[CheckLine]:
     me = owner()
     small = []
     for container in engine.client.api.containers(all=True, filters={"label": [f"{LABEL_PURPOSE}=dev",
@@ -434,7 +439,7 @@ def build_args(variant: str, overrides: list[str]) -> dict[str, str]:
     return args
 
 
-def provision(engine, box: Box, repo: Path, variant: str = "cuda", overrides: list[str] = (),
+def provision(engine: Engine, box: Box, repo: Path, variant: str = "cuda", overrides: list[str] = (),
               dockerfile: str = DOCKERFILE, tag: str | None = None,
               on_line: Callable[[str], None] = lambda line: None, network_mode: str | None = None) -> str:
     """Build the dev image on the box from the repo's git-tracked files; return its tag."""

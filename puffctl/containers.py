@@ -23,11 +23,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from puffctl.boxes import (DEFAULT_SHM, LABEL_BOX, LABEL_NAME, LABEL_OWNER, LABEL_PURPOSE, Box, _gib,
+from puffctl.boxes import (DEFAULT_SHM, LABEL_BOX, LABEL_NAME, LABEL_OWNER, LABEL_PURPOSE, Box, size_gib,
                            owner, validate_box_name)
 from puffctl.errors import PuffctlError
+
+if TYPE_CHECKING:
+    from puffctl.engine import Engine
 
 WORKSPACE = "/workspace"
 STATE_DIR = ".puffctl"  # inside the workspace: source.json and the manifest of synced files
@@ -72,7 +75,7 @@ class DevContainer:
     shm_mib: int
 
 
-def _describe(engine, container) -> DevContainer:
+def _describe(engine: Engine, container) -> DevContainer:
     attrs = container.attrs
     labels = attrs["Config"].get("Labels") or {}
     requests = attrs["HostConfig"].get("DeviceRequests") or []
@@ -89,14 +92,14 @@ def _describe(engine, container) -> DevContainer:
                         shm_mib=(attrs["HostConfig"].get("ShmSize") or 0) // 2**20)
 
 
-def list_containers(engine, mine_only: bool = False) -> list[DevContainer]:
+def list_containers(engine: Engine, mine_only: bool = False) -> list[DevContainer]:
     """Every puffctl dev container on the box (all owners unless mine_only), oldest first."""
     labels = [f"{LABEL_PURPOSE}=dev"] + ([f"{LABEL_OWNER}={owner()}"] if mine_only else [])
     found = engine.client.containers.list(all=True, filters={"label": labels})
     return sorted((_describe(engine, c) for c in found), key=lambda c: (c.created, c.engine_name))
 
 
-def resolve(engine, name: str, verb: str = "use"):
+def resolve(engine: Engine, name: str, verb: str = "use"):
     """My dev container NAME, or a refusal if NAME names someone else's or a non-puffctl container."""
     import docker.errors
 
@@ -142,7 +145,7 @@ def gpu_request(spec: str | None):
     raise PuffctlError(f"bad --gpus {spec!r}: use all, a count like 2, or device ids like 0,1")
 
 
-def up(engine, box: Box, name: str = DEFAULT_NAME, image: str | None = None, gpus: str | None = None,
+def up(engine: Engine, box: Box, name: str = DEFAULT_NAME, image: str | None = None, gpus: str | None = None,
        shm_size: str = DEFAULT_SHM, cpus: float | None = None, network: str | None = None) -> tuple[DevContainer, bool]:
     """Start my dev container NAME on the box (create it if needed); (container, created?)."""
     import docker.errors
@@ -150,7 +153,7 @@ def up(engine, box: Box, name: str = DEFAULT_NAME, image: str | None = None, gpu
     validate_name(name)
     image = image or box.default_image
     request = gpu_request(gpus)
-    shm_mib = int(_gib(shm_size) * 1024)
+    shm_mib = int(size_gib(shm_size) * 1024)
     if cpus is not None and cpus <= 0:
         raise PuffctlError(f"bad --cpus {cpus}: must be positive")
     if request is not None:
@@ -199,7 +202,7 @@ def up(engine, box: Box, name: str = DEFAULT_NAME, image: str | None = None, gpu
     return _describe(engine, container), True
 
 
-def down(engine, name: str, purge: bool = False) -> str:
+def down(engine: Engine, name: str, purge: bool = False) -> str:
     """Stop and remove my dev container NAME (and with purge its workspace volume); returns its engine name."""
     import docker.errors
 
@@ -305,7 +308,7 @@ class SyncResult:
     source: dict
 
 
-def sync(engine, name: str, repo: Path) -> SyncResult:
+def sync(engine: Engine, name: str, repo: Path) -> SyncResult:
     """Upload the tracked files to /workspace (put_archive), drop files no longer tracked, write source.json."""
     container = resolve(engine, name, verb="sync")
     if container.status != "running":
@@ -325,7 +328,7 @@ def sync(engine, name: str, repo: Path) -> SyncResult:
     return SyncResult(len(archive.files), archive.size, len(stale), source)
 
 
-def _read_file(engine, container, path: str) -> bytes | None:
+def _read_file(engine: Engine, container, path: str) -> bytes | None:
     import docker.errors
 
     try:
@@ -339,7 +342,7 @@ def _read_file(engine, container, path: str) -> bytes | None:
         return handle.read() if handle else None
 
 
-def fetch_path(engine, container_id: str, path: str, dest: Path) -> Path:
+def fetch_path(engine: Engine, container_id: str, path: str, dest: Path) -> Path:
     """Copy PATH out of a container (get_archive) into the local directory dest; return the local path."""
     import docker.errors
 
@@ -372,7 +375,7 @@ class ConnectionLost(PuffctlError):
 class ExecStream:
     """Output of a command running in a container, as (stream, bytes) chunks; then its exit code."""
 
-    def __init__(self, engine, exec_id: str, chunks: Iterator) -> None:
+    def __init__(self, engine: Engine, exec_id: str, chunks: Iterator) -> None:
         self.engine, self.id, self._chunks = engine, exec_id, chunks
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
@@ -403,7 +406,7 @@ class ExecStream:
             time.sleep(0.05)
 
 
-def exec_stream(engine, container_id: str, cmd: list[str], env: dict[str, str] | None = None,
+def exec_stream(engine: Engine, container_id: str, cmd: list[str], env: dict[str, str] | None = None,
                 workdir: str = WORKSPACE, user: str | None = None) -> ExecStream:
     """Start cmd in the container and stream its stdout/stderr; `.exit_code` after iterating."""
     api = engine.client.api
@@ -412,7 +415,7 @@ def exec_stream(engine, container_id: str, cmd: list[str], env: dict[str, str] |
     return ExecStream(engine, created["Id"], api.exec_start(created["Id"], stream=True, demux=True))
 
 
-def run(engine, container_id: str, cmd: list[str], on_output: Callable[[str, bytes], None],
+def run(engine: Engine, container_id: str, cmd: list[str], on_output: Callable[[str, bytes], None],
         **options) -> int:
     """Run cmd to completion, handing each output chunk to on_output; return its exit code."""
     stream = exec_stream(engine, container_id, cmd, **options)
@@ -421,7 +424,7 @@ def run(engine, container_id: str, cmd: list[str], on_output: Callable[[str, byt
     return stream.exit_code
 
 
-def exec_detached(engine, container_id: str, cmd: list[str], log_path: str, env: dict[str, str] | None = None,
+def exec_detached(engine: Engine, container_id: str, cmd: list[str], log_path: str, env: dict[str, str] | None = None,
                   workdir: str = WORKSPACE) -> str:
     """Start cmd in the background, its output in log_path and its exit code in log_path + '.exit'.
 
@@ -437,13 +440,13 @@ def exec_detached(engine, container_id: str, cmd: list[str], log_path: str, env:
     return created["Id"]
 
 
-def exec_state(engine, exec_id: str) -> dict:
+def exec_state(engine: Engine, exec_id: str) -> dict:
     """{"running", "exit_code", "pid"} of an exec (detached or not)."""
     state = engine.client.api.exec_inspect(exec_id)
     return {"running": bool(state.get("Running")), "exit_code": state.get("ExitCode"), "pid": state.get("Pid")}
 
 
-def logs(engine, name: str, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
+def logs(engine: Engine, name: str, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
     """The main process's output of my dev container (detached runs may write to /proc/1/fd/1)."""
     container = resolve(engine, name, verb="read logs of")
     return container.logs(stream=True, follow=follow, tail=tail if tail is not None else "all")
@@ -460,7 +463,7 @@ def _frames(buffer: bytearray) -> Iterator[tuple[int, bytes]]:
         yield stream, payload
 
 
-def shell(engine, name: str, command: list[str] | None = None, stdin=None, stdout=None, stderr=None) -> int:
+def shell(engine: Engine, name: str, command: list[str] | None = None, stdin=None, stdout=None, stderr=None) -> int:
     """A shell (bash if present) in my dev container; returns its exit code.
 
     On a terminal it gets a TTY (raw mode, window size); with piped input it reads the script

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -282,12 +281,6 @@ class _DialStdio:
 
     def setblocking(self, flag: bool) -> None:
         pass
-
-    def wait_readable(self, timeout: float | None) -> bool:
-        """True when recv() would not block (data buffered or on the pipe)."""
-        if self._reader.buffered:
-            return True
-        return bool(select.select([self._proc.stdout.fileno()], [], [], timeout)[0])
 
     def close(self) -> None:
         if self._proc.poll() is None:

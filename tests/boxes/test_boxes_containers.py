@@ -1,9 +1,7 @@
 """Dev container lifecycle against the real test engine, over unix:// and ssh:// (the `box` fixture)."""
 
-import io
 import json
 import os
-import tempfile
 
 import pytest
 

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from puffctl import boxes, containers
 from puffctl.engine import api_at_least, parse_host
 from puffctl.errors import PuffctlError
@@ -93,6 +94,19 @@ def test_cli_duplicate_box(config_dir, cli):
 def test_cli_unknown_box(config_dir, cli, args):
     text = one_line_error(cli(*args), 2)
     assert "unknown box 'nope'" in text
+
+
+def test_console_entry_point_prints_one_line(config_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PUFFCTL_CONFIG_DIR=str(config_dir), COLUMNS="200")  # main() wraps at 80
+    done = subprocess.run([sys.executable, "-m", "puffctl", "container", "up", "nope"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == ["error: unknown box 'nope' (known: none; add one with "
+                                                "`puffctl box add NAME --host URL`)"]
 
 
 def test_cli_box_list_empty(config_dir, cli):
