@@ -125,3 +125,20 @@ def test_untracked_dockerfile_is_refused(local, cli, git_repo):
     (git_repo / "Dockerfile.untracked").write_text(f"FROM {IMAGE}\n")
     result = cli("box", "provision", "cpu", "--repo", git_repo, "--dockerfile", "Dockerfile.untracked")
     assert result.exit_code == 2 and "is not a git-tracked file" in result.output
+
+
+def test_real_dockerfile_takes_its_base_from_build_args(local, cli):
+    """The dev Dockerfile parses and builds on the base it is given; offline it stops at apt-get.
+
+    (Nothing can be pulled here, so the CUDA base and the package installs are not exercised.)
+    """
+    from pathlib import Path
+
+    boxes.add_box("cpu", local, cpu_only=True)
+    repo = Path(__file__).resolve().parents[2]
+    result = cli("box", "provision", "cpu", "--variant", "cpu", "--repo", repo, "--network", "none",
+                 "--build-arg", f"BASE_IMAGE={IMAGE}", "--tag", "puffctl-test/devimage:1", "--no-check")
+    assert result.exit_code == 1
+    # past FROM without a pull (the base came from the build arg), then apt-get is not in busybox
+    assert "Step 2/" in result.raw.output and "Step 3/" in result.raw.output and "apt-get update" in result.raw.output
+    assert "image build failed" in result.output and "returned a non-zero code: 127" in result.output
