@@ -156,11 +156,8 @@ def up(engine: Engine, box: Box, name: str = DEFAULT_NAME, image: str | None = N
     shm_mib = int(size_gib(shm_size) * 1024)
     if cpus is not None and cpus <= 0:
         raise PuffctlError(f"bad --cpus {cpus}: must be positive")
-    if request is not None:
-        runtimes = engine.client.info().get("Runtimes") or {}
-        if box.cpu_only or "nvidia" not in runtimes:
-            raise PuffctlError(f"box {box.name} has no GPUs for containers (no NVIDIA runtime"
-                               f"{', added as --cpu-only' if box.cpu_only else ''}): drop --gpus")
+    if request is not None and box.cpu_only:
+        raise PuffctlError(f"box {box.name} has no GPUs for containers (added as --cpu-only): drop --gpus")
     existing = engine.client.containers.list(all=True, filters={"label": [f"{LABEL_PURPOSE}=dev",
                                                                            f"{LABEL_OWNER}={owner()}",
                                                                            f"{LABEL_NAME}={name}"]})
@@ -198,6 +195,9 @@ def up(engine: Engine, box: Box, name: str = DEFAULT_NAME, image: str | None = N
         if new_volume:
             engine.client.volumes.get(volume).remove(force=True)
         text = str(error.explanation or error).splitlines()[0]
+        if "could not select device driver" in text:
+            raise PuffctlError(f"box {box.name} has no GPUs for containers (no NVIDIA container runtime): "
+                               "drop --gpus, or see `puffctl box check`") from None
         raise PuffctlError(f"box {box.name}: could not start container {engine_name(name)}: {text}", exit_code=1) from None
     return _describe(engine, container), True
 

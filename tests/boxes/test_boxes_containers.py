@@ -168,6 +168,15 @@ def test_gpu_request_on_a_box_without_gpus_leaves_nothing_behind(box, cli, clean
     assert clean_engine.containers.list(all=True) == [] and clean_engine.volumes.list() == []
 
 
+def test_gpu_request_on_an_engine_without_nvidia_runtime_is_rolled_back(box, cli, clean_engine):
+    bx = boxes.get_box(box)
+    bx.cpu_only = False
+    boxes.save_registry({box: bx})
+    result = cli("container", "up", box, *UP, "--gpus", "1")
+    assert result.exit_code == 2 and "no NVIDIA container runtime" in result.output
+    assert clean_engine.containers.list(all=True) == [] and clean_engine.volumes.list() == []
+
+
 def test_failed_start_is_rolled_back(box, clean_engine):
     with boxes.open_box(box) as engine:
         with pytest.raises(PuffctlError, match="could not start"):
