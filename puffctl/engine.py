@@ -84,12 +84,19 @@ def parse_host(url: str) -> HostURL:
     raise PuffctlError(f"bad host URL {url!r}: {hint}")
 
 
+try:
+    _prctl = ctypes.CDLL(None).prctl  # resolved here: the child between fork and exec must not load libraries
+except (OSError, AttributeError):
+    _prctl = None
+
+
 def _die_with_parent() -> None:
-    """Child-side: on Linux, take the ssh master down if puffctl dies without cleaning up."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    """Child-side: on Linux, take the ssh master down if puffctl is killed without cleaning up.
+
+    The signal fires when the forking *thread* exits, so open an Engine in the thread using it.
+    """
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class SSHMux:

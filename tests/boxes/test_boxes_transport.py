@@ -171,3 +171,27 @@ def test_lost_connection_leaves_the_command_running(ssh_env):
             stream.exit_code
     with boxes.open_box("remote") as connected:  # re-attach: the command is still there
         assert containers.exec_state(connected, lost.value.exec_id)["running"]
+
+
+def test_killed_command_leaves_no_ssh_master(ssh_env, docker_engine):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    boxes.add_box("remote", f"ssh://{ssh_env.alias}", cpu_only=True)
+    with engine.connect("local", docker_engine.url) as local:
+        containers.up(local, boxes.get_box("remote"), image=IMAGE, network="none")
+    before = ssh_env.accepted_connections()
+    process = subprocess.Popen([sys.executable, "-m", "puffctl", "container", "exec", "remote", "--", "sleep", "30"],
+                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while ssh_env.accepted_connections() == before or not _masters():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 5
+    while _masters() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _masters() == []
