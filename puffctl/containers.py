@@ -99,6 +99,25 @@ def list_containers(engine: Engine, mine_only: bool = False) -> list[DevContaine
     return sorted((_describe(engine, c) for c in found), key=lambda c: (c.created, c.engine_name))
 
 
+def list_on_boxes(names: list[str]) -> list[tuple[str, list[DevContainer] | PuffctlError]]:
+    """Dev containers on each named box, reached in parallel; an unreachable box gives its error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from puffctl.boxes import open_box
+
+    def one(name: str) -> list[DevContainer] | PuffctlError:
+        try:
+            with open_box(name) as engine:
+                return list_containers(engine)
+        except PuffctlError as error:
+            return error
+
+    if not names:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        return list(zip(names, pool.map(one, names)))
+
+
 def resolve(engine: Engine, name: str, verb: str = "use"):
     """My dev container NAME, or a refusal if NAME names someone else's or a non-puffctl container."""
     import docker.errors

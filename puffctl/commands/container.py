@@ -42,29 +42,25 @@ def up(
 def ls(box_name: str = typer.Argument(None, metavar="[BOX]", help="One box (default: every registered box).")) -> None:
     """puffctl dev containers of every owner, yours marked."""
     from puffctl import boxes, containers
-    from puffctl.errors import PuffctlError
 
     names = [box_name] if box_name else sorted(boxes.load_registry())
+    if box_name:
+        boxes.get_box(box_name)
+    found = containers.list_on_boxes(names)
+    if box_name and isinstance(found[0][1], Exception):
+        raise found[0][1]
     me = boxes.owner()
     table = Table(title="dev containers")
     for column in ("box", "name", "owner", "status", "image", "gpus", "shm", "created", "engine name"):
         table.add_column(column)
-    unreachable = []
-    for name in names:
-        try:
-            with boxes.open_box(name) as engine:
-                listed = containers.list_containers(engine)
-        except PuffctlError as error:
-            if box_name:
-                raise
-            unreachable.append(str(error))
-            continue
-        for c in listed:
+    for name, listed in found:
+        for c in listed if isinstance(listed, list) else []:
             who = f"[bold]{c.owner}[/] (you)" if c.owner == me else c.owner
             table.add_row(name, c.name, who, c.status, c.image, c.gpus, f"{c.shm_mib}m", c.created, c.engine_name)
     console.print(table)
-    for line in unreachable:
-        console.print(f"[red]unreachable[/] {line}", highlight=False)
+    for name, listed in found:
+        if not isinstance(listed, list):
+            console.print(f"[red]unreachable[/] {listed}", highlight=False, soft_wrap=True)
 
 
 @group.command("sync")

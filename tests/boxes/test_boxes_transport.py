@@ -195,3 +195,13 @@ def test_killed_command_leaves_no_ssh_master(ssh_env, docker_engine):
     while _masters() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _masters() == []
+
+
+def test_container_ls_everywhere_reports_unreachable_boxes(ssh_env, cli, docker_engine, tmp_path):
+    boxes.add_box("local", docker_engine.url, cpu_only=True)
+    boxes.add_box("gone", f"unix://{tmp_path}/docker.sock")
+    assert cli("container", "up", "local", "--image", IMAGE, "--network", "none").exit_code == 0
+    result = cli("container", "ls")
+    assert result.exit_code == 0
+    assert "puffctl-alice-dev" in result.output
+    assert any(line.startswith("unreachable box gone") for line in result.output.splitlines())
