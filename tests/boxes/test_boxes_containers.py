@@ -195,3 +195,32 @@ def test_down_keeps_the_workspace_unless_purged(box, git_repo):
         assert code == 0  # the workspace volume survived the container
         containers.down(engine, "dev", purge=True)
         assert not [v for v in engine.client.volumes.list() if v.name == containers.volume_name("dev")]
+
+
+def test_interactive_shell_on_a_terminal(box, docker_engine):
+    """`puffctl container shell` in a real pseudo-terminal: raw mode, TTY exec, exit code back."""
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    with boxes.open_box(box) as engine:
+        containers.up(engine, boxes.get_box(box), image=IMAGE, network="none")
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "puffctl", "container", "shell", box],
+                               stdin=terminal, stdout=terminal, stderr=terminal, env=dict(os.environ))
+    os.close(terminal)
+    output, sent, deadline = b"", False, time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        if select.select([controller], [], [], 0.1)[0]:
+            try:
+                output += os.read(controller, 4096)
+            except OSError:
+                break
+        if not sent and b"#" in output:  # the prompt
+            os.write(controller, b"echo tty-$((6*7)); [ -t 0 ] && echo on-a-tty; exit 5\r")
+            sent = True
+    assert process.wait(timeout=10) == 5
+    os.close(controller)
+    assert b"tty-42" in output and b"on-a-tty" in output
