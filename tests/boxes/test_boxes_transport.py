@@ -1,5 +1,6 @@
 """Transport: one SSH connection per command, fast one-line failures for unreachable boxes."""
 
+import shutil
 import time
 
 import psutil
@@ -189,11 +190,15 @@ def test_killed_command_leaves_no_ssh_master(ssh_env, docker_engine):
     while ssh_env.accepted_connections() == before or not _masters():
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.05)
+    control_dirs = {part.split("=", 1)[1].rsplit("/", 1)[0] for line in _masters() for part in line.split()
+                    if part.startswith("ControlPath=")}
     process.send_signal(signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 5
     while _masters() and time.monotonic() < deadline:
         time.sleep(0.05)
+    for directory in control_dirs:  # what the killed command could not clean up itself
+        shutil.rmtree(directory, ignore_errors=True)
     assert _masters() == []
 
 

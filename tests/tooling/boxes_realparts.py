@@ -13,6 +13,7 @@ prints the environment to use, and stops them on Enter.
 
 from __future__ import annotations
 
+import ctypes
 import getpass
 import io
 import os
@@ -33,6 +34,18 @@ SSHD = Path("/usr/sbin/sshd")
 
 class RealPartsError(RuntimeError):
     """A real part could not be started; the message says why and what to install."""
+
+
+try:
+    _prctl = ctypes.CDLL(None).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """Child-side: stop the engine/sshd if the test process is killed before its cleanup runs."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -73,6 +86,30 @@ class DockerEngine:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def sweep_leftovers() -> None:
+    """Remove temp dirs of engines/sshds from killed test runs (their pidfile's process is gone).
+
+    Only dirs older than a minute: a concurrent session's engine may not have written its pidfile yet.
+    """
+    tmp = Path(tempfile.gettempdir())
+    old = time.time() - 60
+    for root in tmp.glob("pf-dk-*"):
+        if root.stat().st_mtime < old and not _alive(root / "docker.pid"):
+            subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
+            shutil.rmtree(root, ignore_errors=True)
+    for root in tmp.glob("pf-ssh-*"):
+        if root.stat().st_mtime < old and not _alive(root / "sshd.pid"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def start_dockerd(root: Path | None = None) -> DockerEngine:
     """Start a private dockerd; raise RealPartsError with the reason if it cannot run here."""
     dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
@@ -80,6 +117,7 @@ def start_dockerd(root: Path | None = None) -> DockerEngine:
         raise RealPartsError("dockerd not found: run tests/tooling/install-system-deps.sh (Debian's docker.io)")
     if os.geteuid() != 0:
         raise RealPartsError("dockerd needs root here (rootless mode is not set up by the test tooling)")
+    sweep_leftovers()
     root = root or Path(tempfile.mkdtemp(prefix="pf-dk-"))  # short: containerd's socket path must fit
     sock, log = root / "docker.sock", root / "dockerd.log"
     argv = [dockerd, "--host", f"unix://{sock}", "--storage-driver", "vfs", "--bridge", "none",
@@ -87,7 +125,8 @@ def start_dockerd(root: Path | None = None) -> DockerEngine:
             "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
             "--pidfile", str(root / "docker.pid"), "--log-level", "warn"]
     with open(log, "wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
     engine = DockerEngine(root, process, sock, log)
 
     def ready() -> bool:
@@ -212,7 +251,7 @@ Host *
   StrictHostKeyChecking yes
 """)
     process = subprocess.Popen([str(SSHD), "-D", "-f", str(root / "sshd_config"), "-E", str(log)],
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+                               stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
     server = SSHServer(root, process, port, user, log, client_config)
 
     def listening() -> bool:
