@@ -1,6 +1,7 @@
 #!/bin/sh
-# Install the real parts the box/container tests need: a Docker engine (Debian's docker.io),
-# an OpenSSH server and client, and busybox-static (the root of the locally built test image).
+# Install the real parts the tests need: a Docker engine (Debian's docker.io), an OpenSSH server
+# and client, busybox-static (the root of the locally built test image), and a C++ compiler for
+# the advantage extension.
 # Idempotent: installs only what is missing. Needs root (or sudo) and the Debian package archive.
 set -eu
 
@@ -13,9 +14,10 @@ command -v ssh-keygen >/dev/null 2>&1 || need="$need openssh-client"
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q "not a dynamic" \
     || need="$need busybox-static"
 command -v git >/dev/null 2>&1 || need="$need git"
+command -v c++ >/dev/null 2>&1 || need="$need g++"
 
 if [ -z "$need" ]; then
-    echo "install-system-deps: docker.io, openssh and busybox-static already present"
+    echo "install-system-deps: docker.io, openssh, busybox-static and g++ already present"
     exit 0
 fi
 
