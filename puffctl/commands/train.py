@@ -65,54 +65,52 @@ def train(
         path = launch.prepare(root, name or loaded.name, config, record, exact=name is not None)
         state, offset = RunState(run_id=path.name), 0
 
-    ensure_extension()
-    process = launch.start(path, resume=resume is not None)
     if detach:
+        ensure_extension()
+        process = launch.start(path, resume=resume is not None)
         console.print(
             f"started [bold]{path.name}[/] (pid {process.pid}) in {escape(str(path))}\n"
-            f"watch: puffctl runs tail {path.name} -f{'' if runs_dir is None else f' --runs-dir {escape(str(runs_dir))}'}",
+            f"watch: puffctl runs tail {path.name} -f{runs_flag(runs_dir)}",
             highlight=False,
         )
         return
-    outcome = watch(process, path, state, offset, no_dashboard)
-    raise typer.Exit(outcome)
+    raise typer.Exit(run_attached(path, state, offset, resume=resume is not None, quiet=no_dashboard, runs_dir=runs_dir))
 
 
 def ensure_extension() -> None:
-    """Build the advantage extension if needed, with progress; a failed build only warns."""
-    import importlib.util
+    """Build the advantage extension on first use, with progress; a failed build only warns."""
+    from puffctl.build import ensure_built
 
-    if importlib.util.find_spec("puffctl.build") is None:
-        return
     try:
-        from puffctl.build import ensure_built
-    except ImportError:
-        return
-    try:
-        if not ensure_built(console):
-            console.print("[yellow]warning:[/] compiled advantage ops unavailable; the trainer uses pure torch")
+        ensure_built(console)
     except Exception as error:  # noqa: BLE001 - a broken build must never stop training
-        console.print(f"[yellow]warning:[/] extension build failed ({escape(str(error).splitlines()[0] if str(error) else type(error).__name__)}); the trainer uses pure torch")
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        console.print(f"[yellow]warning:[/] extension check failed ({escape(detail)}); the trainer uses the pure-torch ops")
 
 
-def watch(process, path: Path, state, offset: int, quiet: bool) -> int:
-    """Show the run until the trainer exits; returns the CLI's exit code."""
+def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, runs_dir: Optional[Path]) -> int:
+    """Start the trainer and show the run until it exits; returns the CLI's exit code.
+
+    The table goes on screen first, before the extension check and the trainer's imports.
+    """
     from puffctl import launch
     from puffctl.dashboard import Dashboard, event_line, human_duration, human_value
 
     def show_quiet(current, event: dict) -> None:
-        if event.get("type") in ("start",) or (event.get("type") == "message" and event.get("level") in ("warning", "error")):
+        if event.get("type") == "start" or (event.get("type") == "message" and event.get("level") in ("warning", "error")):
             line = event_line(current, event)
             if line:
                 console.print(line, markup=False, highlight=False)
 
     if quiet:
         console.print(f"run {path.name}: {path}", markup=False, highlight=False)
-        outcome = launch.watch(process, path, show_quiet, state=state, offset=offset)
+        ensure_extension()
+        outcome = launch.watch(launch.start(path, resume=resume), path, show_quiet, state=state, offset=offset)
     else:
         with Dashboard(console) as board:
             board.start(state)
-            outcome = launch.watch(process, path, board.update, state=state, offset=offset)
+            ensure_extension()
+            outcome = launch.watch(launch.start(path, resume=resume), path, board.update, state=state, offset=offset)
             board.stop(outcome.state)
     final = outcome.state
     if outcome.exit_code == 2 and not final.progress_count:
@@ -126,8 +124,13 @@ def watch(process, path: Path, state, offset: int, quiet: bool) -> int:
         highlight=False,
     )
     if final.status == "interrupted":
-        console.print(f"resume with: puffctl train --resume {path.name}", highlight=False)
+        console.print(f"resume with: puffctl train --resume {path.name}{runs_flag(runs_dir)}", markup=False, highlight=False)
     return outcome.exit_code
+
+
+def runs_flag(runs_dir: Optional[Path]) -> str:
+    """The --runs-dir flag to repeat in a hint ("" for the default root)."""
+    return "" if runs_dir is None else f" --runs-dir {runs_dir}"
 
 
 def register(app: typer.Typer) -> None:
