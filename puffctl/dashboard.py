@@ -7,6 +7,7 @@ arrives, so its cost is a few milliseconds per progress event, off the trainer's
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -32,6 +33,17 @@ EVALUATE_PARTS = ("forward", "env", "copy", "misc")
 TRAIN_PARTS = ("forward", "learn", "copy", "misc")
 LEVEL_STYLE = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 STATUS_STYLE = {"completed": "green", "failed": "bold red", "interrupted": "yellow", "lost": "red"}
+
+
+#: Width of tables written to a pipe or file, where rich would otherwise assume 80 columns.
+PIPE_WIDTH = 200
+
+
+def fit_width(console: Console) -> Console:
+    """Let tables written to a non-terminal use PIPE_WIDTH columns (unless COLUMNS says otherwise)."""
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH
+    return console
 
 
 def human_count(value: float | int | None) -> str:

@@ -19,7 +19,9 @@ profile_app = typer.Typer(help="Named training profiles (profiles/*.yaml): list,
 def list_profiles() -> None:
     """Table of the named profiles: name, extends, env, algorithm and description."""
     from puffctl import profiles
+    from puffctl.dashboard import fit_width
 
+    fit_width(console)
     table = Table(title="profiles")
     for column in ("name", "extends", "env", "algorithm", "description"):
         table.add_column(column, overflow="fold" if column == "description" else "ellipsis")

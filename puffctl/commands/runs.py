@@ -30,8 +30,9 @@ def list_runs(
 ) -> None:
     """Table of runs, newest first: id, profile, env, status, steps, SPS, best return, started, duration."""
     from puffctl import runs
-    from puffctl.dashboard import human_count, human_duration, human_value
+    from puffctl.dashboard import fit_width, human_count, human_duration, human_value
 
+    fit_width(console)
     root = runs.runs_root(runs_dir)
     found = runs.list_runs(root, status=status, profile=profile)
     table = Table(title=f"runs in {escape(str(root))}")
@@ -61,8 +62,9 @@ def show(run_id: str = typer.Argument(..., metavar="RUN"), runs_dir: Optional[Pa
     from rich.syntax import Syntax
 
     from puffctl import runs
-    from puffctl.dashboard import render
+    from puffctl.dashboard import fit_width, render
 
+    fit_width(console)
     run = runs.get_run(runs.runs_root(runs_dir), run_id)
     run.state.status, run.state.reason = run.status, run.reason
     console.print(render(run.state))
@@ -97,9 +99,10 @@ def tail(
 ) -> None:
     """The live table of a run from its events (running or finished); -f follows it."""
     from puffctl import runs
-    from puffctl.dashboard import Dashboard, render
+    from puffctl.dashboard import Dashboard, fit_width, render
     from puffctl.events import RunState, Tail, follow as follow_events
 
+    fit_width(console)
     root = runs.runs_root(runs_dir)
     run = runs.get_run(root, run_id)
     reader = Tail(run.path / "events.jsonl")

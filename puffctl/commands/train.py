@@ -94,8 +94,9 @@ def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, r
     The table goes on screen first, before the extension check and the trainer's imports.
     """
     from puffctl import launch
-    from puffctl.dashboard import Dashboard, event_line, human_duration, human_value
+    from puffctl.dashboard import Dashboard, event_line, fit_width, human_duration, human_value
 
+    fit_width(console)
     def show_quiet(current, event: dict) -> None:
         if event.get("type") == "start" or (event.get("type") == "message" and event.get("level") in ("warning", "error")):
             line = event_line(current, event)
