@@ -1,0 +1,81 @@
+"""Where builds of the csrc/ advantage ops live, and loading one: never compiling.
+
+A build is keyed by a hash of the sources and the build recipe, the torch and CUDA versions, the
+flavour (cpu or cuda) and the machine, so a changed source or a new torch never loads a stale library.
+`puffctl build` (puffctl/build.py) makes builds; the trainer only loads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+SOURCES = ("advantage.h", "advantage_ops.cpp", "advantage_cpu.cpp", "advantage_cuda.cu")
+LIBRARY_NAME = "puffctl_ops.so"
+# The compile recipe (flags, layout) is part of every key, so changing it invalidates old builds.
+RECIPE = Path(__file__).resolve().parent.parent / "puffctl" / "build.py"
+
+_loaded: str | None = None
+
+
+def cache_root() -> Path:
+    """The cache folder: $PUFFCTL_CACHE_DIR, else ~/.cache/puffctl."""
+    configured = os.environ.get("PUFFCTL_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "puffctl"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build_key(flavor: str, csrc: Path = CSRC) -> str:
+    """The cache key of a `flavor` build of the sources in `csrc` for this torch and machine."""
+    digest = hashlib.sha256()
+    for path in [csrc / name for name in SOURCES] + [RECIPE]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    for part in (flavor, torch.__version__, torch.version.cuda or "none", platform.machine(), _cpu_model()):
+        digest.update(b"\0" + part.encode())
+    return f"{flavor}-{digest.hexdigest()[:16]}"
+
+
+def build_dir(flavor: str, csrc: Path = CSRC) -> Path:
+    """The folder a finished `flavor` build of `csrc` lives in (it may not exist)."""
+    return cache_root() / "extensions" / build_key(flavor, csrc)
+
+
+def flavors() -> tuple[str, ...]:
+    """The flavours worth loading here, best first: cuda only where torch has CUDA."""
+    return ("cuda", "cpu") if torch.version.cuda else ("cpu",)
+
+
+def find_build(csrc: Path = CSRC) -> tuple[str, Path] | None:
+    """The best finished build for the current sources, as (flavor, library path), or None."""
+    for flavor in flavors():
+        library = build_dir(flavor, csrc) / LIBRARY_NAME
+        if library.is_file():
+            return flavor, library
+    return None
+
+
+def load(csrc: Path = CSRC) -> str | None:
+    """Load the best finished build once; return its flavour, or None when there is none."""
+    global _loaded
+    if _loaded is None:
+        found = find_build(csrc)
+        if found is None:
+            return None
+        torch.ops.load_library(str(found[1]))
+        _loaded = found[0]
+    return _loaded
