@@ -1,0 +1,51 @@
+"""Seeds: the same seed gives the same trajectories; different seeds and sub-envs differ."""
+
+import numpy as np
+import pytest
+
+from trainer.envs import make
+
+SEEDED = [("gym:CartPole-v1", {}), ("gym:Acrobot-v1", {"max_episode_steps": 20}), ("puffer:memory", {"length": 2})]
+
+
+def rollout(name: str, seed: int, kwargs: dict, steps: int = 60, num_envs: int = 8) -> np.ndarray:
+    """Observations of a rollout under a fixed action sequence, [steps + 1, num_envs, obs_size]."""
+    rng = np.random.default_rng(123)
+    with make(name, num_envs, seed=seed, **kwargs) as env:
+        frames = [env.reset().copy()]
+        for _ in range(steps):
+            result = env.step(rng.integers(env.single_action_space.n, size=num_envs))
+            frames.append(result.obs.copy())
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize("name,kwargs", SEEDED)
+def test_same_seed_same_trajectories(name, kwargs):
+    np.testing.assert_array_equal(rollout(name, 5, kwargs), rollout(name, 5, kwargs))
+
+
+@pytest.mark.parametrize("name,kwargs", SEEDED)
+def test_different_seeds_differ(name, kwargs):
+    assert not np.array_equal(rollout(name, 5, kwargs), rollout(name, 6, kwargs))
+
+
+@pytest.mark.parametrize("name,kwargs", SEEDED)
+def test_sub_envs_differ(name, kwargs):
+    frames = rollout(name, 5, kwargs)
+    assert len({frames[:, row].tobytes() for row in range(frames.shape[1])}) == frames.shape[1]
+
+
+def test_reset_with_a_seed_replays_the_episode_start():
+    with make("gym:CartPole-v1", 4, seed=0) as env:
+        first = env.reset(seed=42).copy()
+        env.step(np.ones(4, dtype=np.int64))
+        np.testing.assert_array_equal(env.reset(seed=42), first)
+        assert not np.array_equal(env.reset(), first)
+
+
+def test_maze_is_the_same_for_every_run_seed_and_changes_with_maze_seed():
+    a = make("puffer:maze", 1, seed=0, size=6)
+    b = make("puffer:maze", 1, seed=99, size=6)
+    c = make("puffer:maze", 1, seed=0, size=6, maze_seed=1)
+    np.testing.assert_array_equal(a.opened, b.opened)
+    assert not np.array_equal(a.opened, c.opened)

@@ -1,0 +1,158 @@
+"""Any gymnasium env id behind the VecEnv interface, through gymnasium's own vector API.
+
+Which gymnasium vectorization runs:
+- the env's native vector implementation (`vector_entry_point`, e.g. CartPoleVectorEnv, which
+  steps all sub-envs in one numpy call) when it autoresets on the same step, or when it autoresets
+  on the next step and we know how to reset some of its rows (`ROW_RESETS`);
+- otherwise `SyncVectorEnv` in SAME_STEP autoreset mode (a Python loop over sub-envs).
+
+Next-step to same-step conversion: a NEXT_STEP vector env returns an episode's last obs, and
+only on the following `step` call the reset obs with reward 0 (ignoring that step's action),
+which would put a fake transition into the trainer's experience. For such envs this adapter
+resets the ended rows right after the step, with the env's own reset rule and RNG, and clears
+the env's pending-reset flags, so the env never produces that extra step: the stream is exactly
+gymnasium's with the fake transitions cut out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import concatenate, create_empty_array
+
+from trainer.envs.spaces import ActionConverter, ObsFlattener
+from trainer.envs.vecenv import EnvError, EpisodeTracker, StepResult, VecEnv
+
+RowReset = Callable[[Any, np.ndarray], np.ndarray]
+"""Resets the rows of a native NEXT_STEP vector env where mask is True; returns their new obs."""
+
+
+def _reset_cartpole_rows(env: CartPoleVectorEnv, mask: np.ndarray) -> np.ndarray:
+    """Exactly what CartPoleVectorEnv.step does one call later for its `prev_done` rows."""
+    env.state[:, mask] = env.np_random.uniform(low=env.low, high=env.high, size=(4, int(mask.sum())))
+    env.steps[mask] = 0
+    env.prev_done[mask] = False
+    return env.state[:, mask].T
+
+
+ROW_RESETS: dict[type, RowReset] = {CartPoleVectorEnv: _reset_cartpole_rows}
+
+
+class GymVecEnv(VecEnv):
+    """A gymnasium vector env with same-step autoreset, flat float32 obs and our episode stats."""
+
+    def __init__(self, env_id: str, num_envs: int, seed: int, **kwargs: Any) -> None:
+        try:
+            spec = gymnasium.spec(env_id)
+        except gymnasium.error.Error as error:
+            raise EnvError(f"unknown gymnasium env id {env_id!r}: {error}") from None
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self._row_reset: RowReset | None = None
+        self.env = self._make_native(spec, num_envs, kwargs)
+        if self.env is None:
+            self.env = _make_vec(
+                env_id,
+                num_envs,
+                vectorization_mode="sync",
+                vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False},
+                **kwargs,
+            )
+            self.vectorization = "sync"
+        self.single_observation_space = self.env.single_observation_space
+        self.single_action_space = self.env.single_action_space
+        self._flatten = ObsFlattener(self.single_observation_space, num_envs)
+        self.obs_size = self._flatten.obs_size
+        self._convert_actions = ActionConverter(self.single_action_space, num_envs)
+        self._obs = np.zeros((num_envs, self.obs_size), dtype=np.float32)
+        self._final_obs = np.zeros((num_envs, self.obs_size), dtype=np.float32)
+        self._scratch = np.zeros((num_envs, self.obs_size), dtype=np.float32)
+        self._episodes = EpisodeTracker(num_envs)
+        self._next_seed: int | None = seed
+
+    def _make_native(self, spec: gymnasium.envs.registration.EnvSpec, num_envs: int, kwargs: dict) -> Any:
+        """The env's own vector implementation if it gives (or we can give it) same-step resets."""
+        if spec.vector_entry_point is None or spec.additional_wrappers:
+            return None
+        try:
+            env = _make_vec(spec.id, num_envs, vectorization_mode="vector_entry_point", **kwargs)
+        except EnvError:
+            return None
+        mode = env.metadata.get("autoreset_mode")
+        if mode == AutoresetMode.SAME_STEP:
+            self.vectorization = "native"
+            return env
+        if mode == AutoresetMode.NEXT_STEP and type(env.unwrapped) in ROW_RESETS:
+            self._row_reset = ROW_RESETS[type(env.unwrapped)]
+            self.vectorization = "native, next-step converted"
+            return env.unwrapped
+        env.close()
+        return None
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is None:
+            seed, self._next_seed = self._next_seed, None
+        obs, _ = self.env.reset(seed=seed)
+        self._episodes.reset()
+        return self._flat(obs)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        obs, rewards, terminations, truncations, info = self.env.step(self._convert_actions(actions))
+        obs = self._flat(obs)
+        rewards = np.asarray(rewards, dtype=np.float32)
+        terminations = np.asarray(terminations, dtype=np.bool_)
+        truncations = np.asarray(truncations, dtype=np.bool_) & ~terminations
+        done = terminations | truncations
+        ended, episodes = self._episodes.step(rewards, done)
+        final_obs = None
+        if len(ended):
+            final_obs = self._final_obs
+            if self._row_reset is not None:
+                final_obs[ended] = obs[ended]
+                obs[ended] = self._row_reset(self.env, done)
+            else:
+                final_obs[ended] = self._final_rows(info, ended)
+        return StepResult(obs, rewards, terminations, truncations, final_obs, episodes)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def _flat(self, obs: Any) -> np.ndarray:
+        """Flat float32 [N, obs_size]; a float32 Box batch passes through without a copy."""
+        if self._flatten.is_plain_float32:
+            return np.asarray(obs).reshape(self.num_envs, self.obs_size)
+        return self._flatten(obs, self._obs)
+
+    def _final_rows(self, info: dict, ended: np.ndarray) -> np.ndarray:
+        """Flattened last observations of the ended sub-envs, from a same-step env's info."""
+        if "final_obs" not in info:
+            raise EnvError(f"{self.env_id}: a sub-env ended but the vector env gave no final_obs")
+        final = info["final_obs"]
+        if isinstance(final, np.ndarray) and final.dtype == object:
+            space = self.single_observation_space
+            final = concatenate(space, list(final[ended]), create_empty_array(space, len(ended)))
+        else:
+            final = _select_rows(final, ended)
+        return self._flatten(final, self._scratch)
+
+
+def _select_rows(batch: Any, rows: np.ndarray) -> Any:
+    """The given rows of a batched observation structure."""
+    if isinstance(batch, dict):
+        return {key: _select_rows(value, rows) for key, value in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(_select_rows(value, rows) for value in batch)
+    return np.asarray(batch)[rows]
+
+
+def _make_vec(env_id: str, num_envs: int, **kwargs: Any) -> Any:
+    """gymnasium.make_vec with construction errors (bad kwargs, missing extras) as EnvError."""
+    try:
+        return gymnasium.make_vec(env_id, num_envs=num_envs, **kwargs)
+    except (gymnasium.error.Error, TypeError, ImportError) as error:
+        raise EnvError(f"cannot make gymnasium env {env_id!r}: {error}") from None
