@@ -132,17 +132,19 @@ class RunState:
     reason: str | None = None
     metrics: dict = field(default_factory=dict)
     ended: float | None = None
+    active: float = 0.0
+    segment_start: float | None = None
 
     def apply(self, event: dict) -> None:
         """Fold one event in; unknown event types and fields are ignored."""
         kind = event.get("type")
-        stamp = _number(event.get("time"))
-        if stamp is not None:
-            self.updated = stamp
         self.run_id = event.get("run_id") or self.run_id
         handler = getattr(self, f"_on_{kind}", None) if isinstance(kind, str) else None
         if handler is not None:
             handler(event)
+        stamp = _number(event.get("time"))
+        if stamp is not None:
+            self.updated = stamp
 
     def _on_start(self, event: dict) -> None:
         self.config = event.get("config") or self.config
@@ -152,8 +154,12 @@ class RunState:
         self.host = str(event.get("host") or self.host)
         self.git = event.get("git", self.git)
         self.resumed = bool(event.get("resumed", False))
+        stamp = _number(event.get("time"))
         if self.started is None:
-            self.started = _number(event.get("time"))
+            self.started = stamp
+        if self.segment_start is not None and self.updated is not None:
+            self.active += max(0.0, self.updated - self.segment_start)  # a segment that ended without an end event
+        self.segment_start = stamp
         self.total_steps = event.get("total_steps", self.total_steps)
         self.epoch = int(event.get("epoch") or self.epoch)
         self.agent_steps = int(event.get("agent_steps") or self.agent_steps)
@@ -207,6 +213,9 @@ class RunState:
         if isinstance(metrics, dict):
             self.metrics = metrics
         self.ended = _number(event.get("time"))
+        if self.segment_start is not None and self.ended is not None:
+            self.active += max(0.0, self.ended - self.segment_start)
+        self.segment_start = None
 
     @property
     def finished(self) -> bool:
@@ -215,11 +224,13 @@ class RunState:
 
     @property
     def duration(self) -> float | None:
-        """Seconds from the first start event to the end event (or the latest event)."""
+        """Seconds spent training: start to end of each segment (a resumed run has several)."""
         if self.started is None:
             return None
-        last = self.ended if self.ended is not None else self.updated
-        return None if last is None else max(0.0, last - self.started)
+        running = 0.0
+        if self.segment_start is not None and self.updated is not None:
+            running = max(0.0, self.updated - self.segment_start)
+        return self.active + running
 
 
 def fold(events: list[dict]) -> RunState:

@@ -202,14 +202,14 @@ def watch(
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while True:
+            while notices:
+                state.message = ("warning", notices.pop(0))
+                show(state, {"type": "message", "level": "warning", "text": state.message[1]})
             exited = process.poll() is not None
             events = tail.finish() if exited else tail.read()
             for event in events:
                 state.apply(event)
                 show(state, event)
-            while notices:
-                state.message = ("warning", notices.pop(0))
-                show(state, {"type": "message", "level": "warning", "text": state.message[1]})
             if exited:
                 break
             if kill_at is not None and time.monotonic() > kill_at:

@@ -83,3 +83,24 @@ def test_cli_follow_stops_at_end_and_when_told(tmp_path):
     calls = iter([False, False, True])
     events = list(follow(Tail(path), stop=lambda: next(calls), poll=0.01))
     assert len(events) == 5
+
+
+def test_cli_duration_of_a_resumed_run_leaves_out_the_pause():
+    state = RunState()
+    for event in (
+        {"type": "start", "time": 100.0},
+        {"type": "progress", "time": 110.0},
+        {"type": "end", "time": 112.0, "status": "interrupted"},
+        {"type": "start", "time": 1000.0, "resumed": True},
+        {"type": "progress", "time": 1005.0},
+    ):
+        state.apply(event)
+    assert state.duration == 17.0
+    state.apply({"type": "end", "time": 1010.0, "status": "completed"})
+    assert state.duration == 22.0
+    # a segment killed without an end event counts up to its last event
+    state.apply({"type": "start", "time": 2000.0, "resumed": True})
+    state.apply({"type": "progress", "time": 2003.0})
+    state.apply({"type": "start", "time": 3000.0, "resumed": True})
+    state.apply({"type": "progress", "time": 3001.0})
+    assert state.duration == 26.0
