@@ -160,8 +160,10 @@ def settle(path: Path, state: RunState, returncode: int, interrupted: bool) -> N
         return
     if interrupted:
         new, reason = "interrupted", "stopped by a second Ctrl-C before the trainer finished"
+    elif returncode < 0:
+        new, reason = "failed", f"the trainer was killed by {signal.Signals(-returncode).name}"
     else:
-        new, reason = "failed", last_line(path / "stdout.log") or f"trainer exited with code {returncode}"
+        new, reason = "failed", last_line(path / "stdout.log") or f"the trainer exited with code {returncode}"
     status.update(run_id=path.name, status=new, reason=reason, pid=None, updated=time.time())
     runs.write_json(status_path, status)
     state.status, state.reason = new, reason

@@ -243,7 +243,36 @@ def build_config(
     if sets:
         base = deep_merge(base, overrides_from(sets))
         resolve(base, "--set")
-    return resolve(base, "config")
+    config = resolve(base, "config")
+    check_env(config["env"]["name"])
+    return config
+
+
+def check_env(name: str) -> None:
+    """A one-line error (with suggestions) for an env name the trainer could not build.
+
+    Gymnasium ids in a namespace ("ALE/Pong-v5") are left to the trainer: their package
+    registers them only when imported.
+    """
+    from trainer import envs
+
+    if name.startswith("gym:"):
+        env_id = name.removeprefix("gym:")
+        if "/" in env_id:
+            return
+        import gymnasium
+
+        known = list(gymnasium.registry)
+        if env_id in known:
+            return
+        close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join('gym:' + match for match in close)}?)" if close else ""
+        raise PuffctlError(f"env.name={name!r}: gymnasium has no env {env_id!r}{hint}")
+    if name not in envs.BUILTINS:
+        choices = [*envs.BUILTINS, "gym:CartPole-v1"]
+        close = difflib.get_close_matches(name, choices, n=2, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"use gym:<gymnasium id> or one of {', '.join(envs.BUILTINS)}"
+        raise PuffctlError(f"env.name={name!r}: unknown env ({hint})")
 
 
 def algorithm(config: Mapping) -> str:

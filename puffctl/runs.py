@@ -49,6 +49,8 @@ def slug(text: str) -> str:
 
 def ensure_writable(root: Path) -> Path:
     """Create the runs root if needed and check that runs can be written to it."""
+    if root.exists() and not root.is_dir():
+        raise PuffctlError(f"runs dir {root} is not a directory")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
