@@ -45,14 +45,15 @@ class CategoricalHead(nn.Module):
         return list(logits.split(self.nvec, dim=-1))
 
     def sample(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """(actions, logprobs). Actions [N] for Discrete, [N, k] for MultiDiscrete (int64)."""
+        """(actions, logprobs). Actions [N] for Discrete, [N, k] for MultiDiscrete (int64).
+        Gumbel-max sampling: never raises on non-finite logits (they show up as NaN logprobs)."""
         actions, logprobs = [], []
         for part in self._split(logits):
             log_p = torch.log_softmax(part, dim=-1)
-            flat = log_p.reshape(-1, log_p.shape[-1])
-            action = torch.multinomial(flat.exp(), 1)
-            actions.append(action.reshape(log_p.shape[:-1]))
-            logprobs.append(flat.gather(1, action).reshape(log_p.shape[:-1]))
+            gumbel = -torch.log(-torch.log(torch.rand_like(log_p)))
+            action = torch.argmax(log_p + gumbel, dim=-1, keepdim=True)
+            actions.append(action.squeeze(-1))
+            logprobs.append(log_p.gather(-1, action).squeeze(-1))
         if self.uniform:
             action, logprob = actions[0], logprobs[0].sum(-1)
         else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import signal
 import socket
@@ -28,7 +27,6 @@ from trainer.config import ConfigError
 from trainer.events import EventWriter
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-CHECKED_LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl")
 
 
 class RunError(Exception):
@@ -87,6 +85,8 @@ class Run:
         self.events_stdout = events_stdout
         self.stop_signal: str | None = None
         self.events: EventWriter | None = None
+        self.warned_envs = False
+        self.final_metrics: dict = {}
 
     def prepare(self) -> Path | None:
         """Check the run directory; return the checkpoint to resume from. Raises RunError."""
@@ -132,7 +132,7 @@ class Run:
 
         from trainer import envs as envs_module
         from trainer.profiler import Profiler, Utilization
-        from trainer.train import LOSS_KEYS, Trainer, select_device
+        from trainer.train import LOSS_KEYS, Diverged, Trainer, select_device
 
         resume_from = self.prepare()
         config, run_dir = self.config, self.run_dir
@@ -161,13 +161,17 @@ class Run:
                     events.message("warning", "this env could not be saved: resumed with fresh episodes "
                                               "(weights, optimizer and RNG restored)")
             return self._loop(trainer, profiler, Utilization(device.type), LOSS_KEYS)
+        except Diverged as error:
+            reason = f"{error} (try a lower train.learning_rate); last good checkpoint kept"
+            self._end(trainer, "failed", reason, self.final_metrics)
+            return EXIT_FAILED
         except ConfigError:
             events.update_status(status="failed", reason="bad config")
             raise
         except Exception as error:  # noqa: BLE001 - a crash still ends the stream
             traceback.print_exc(file=sys.stderr)
             reason = f"{type(error).__name__}: {error}".splitlines()[0]
-            self._end(trainer, "failed", reason, {})
+            self._end(trainer, "failed", reason, self.final_metrics)
             return EXIT_FAILED
         finally:
             for sig, handler in previous.items():
@@ -177,8 +181,6 @@ class Run:
             events.close()
 
     def _loop(self, trainer, profiler, utilization, loss_keys) -> int:
-        import torch
-
         config, events = self.config, self.events
         total_steps = config["train"]["total_timesteps"]
         interval = config["train"]["checkpoint_interval"]
@@ -194,20 +196,13 @@ class Run:
             window.add(trainer.evaluate())
             losses = trainer.train()
             profiler.mark(trainer.epoch, trainer.agent_steps)
-            bad = [f"{key}={losses[key]}" for key in CHECKED_LOSSES if not math.isfinite(losses[key])]
-            if not bad and not all(bool(torch.isfinite(p).all()) for p in trainer.policy.parameters()):
-                bad = ["weights"]
-            if bad:
-                reason = (f"non-finite {', '.join(bad)} at epoch {trainer.epoch} "
-                          "(diverged: try a lower train.learning_rate); last good checkpoint kept")
-                self._end(trainer, "failed", reason, {"losses": losses, "env": last_env})
-                return EXIT_FAILED
             done = trainer.agent_steps >= total_steps
             now = time.perf_counter()
             if done or self.stop_signal or now - last_progress >= progress_interval:
                 last_progress = now
                 env = window.read()
                 last_env = env or last_env
+                self.final_metrics = {"losses": losses, "env": last_env}
                 self._progress(trainer, profiler, utilization, losses, env)
             if interval and trainer.epoch % interval == 0 and not done and not self.stop_signal:
                 self._checkpoint(trainer)
@@ -233,6 +228,10 @@ class Run:
     def _checkpoint(self, trainer) -> None:
         path = checkpoint.save(self.run_dir, trainer.epoch, trainer.state_dict(),
                                keep=self.config["train"]["keep_checkpoints"])
+        if trainer.envs_unsaved and not self.warned_envs:
+            self.warned_envs = True
+            self.events.message("warning", f"checkpoints cannot hold this env's state ({trainer.envs_unsaved}); "
+                                           "a resume restarts its episodes")
         self.events.emit("checkpoint", path=str(path), epoch=trainer.epoch, agent_steps=trainer.agent_steps)
 
     def _end(self, trainer, status: str, reason: str | None, metrics: dict) -> None:

@@ -14,6 +14,7 @@ import pickle
 import random
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import torch
 
@@ -23,8 +24,13 @@ from trainer.optim import learning_rate, make_optimizer
 from trainer.policy import Policy
 from trainer.profiler import Profiler
 
+class Diverged(RuntimeError):
+    """Training produced non-finite numbers (losses, weights or policy outputs)."""
+
+
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac",
              "importance", "explained_variance")
+CHECKED_LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl")
 
 
 def select_device(requested: str) -> torch.device:
@@ -88,8 +94,7 @@ class Trainer:
         self.next_terminations = torch.zeros(self.num_envs, device=self.device)
         self.next_truncations = torch.zeros(self.num_envs, device=self.device)
         self.state = self.policy.initial_state(self.num_envs, self.device)
-        self.last_values: torch.Tensor | None = None
-        self.last_returns: torch.Tensor | None = None
+        self.envs_unsaved: str | None = None  # why the last checkpoint could not hold the envs
 
     def _action_layout(self) -> tuple[tuple[int, ...], torch.dtype]:
         from gymnasium import spaces
@@ -150,6 +155,8 @@ class Trainer:
             with profile.evaluate_forward:
                 _, values, _ = policy.step(torch.from_numpy(self.next_obs).to(self.device), self.state)
             self._store_bootstrap(rows, values)
+        if not (torch.isfinite(experience.logprobs).all() and torch.isfinite(experience.values).all()):
+            raise Diverged(f"non-finite policy outputs while collecting epoch {self.epoch + 1}")
         self.agent_steps += self.batch_size
         return episodes
 
@@ -237,14 +244,21 @@ class Trainer:
         self.epoch += 1
         mean = {key: float(value) / num_minibatches for key, value in totals.items()}
         mean["explained_variance"] = losses.explained_variance(values.flatten(), returns.flatten())
+        bad = [f"{key}={mean[key]}" for key in CHECKED_LOSSES if not math.isfinite(mean[key])]
+        if not bad and not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
+            bad = ["weights"]
+        if bad:
+            raise Diverged(f"non-finite {', '.join(bad)} in epoch {self.epoch}")
         return mean
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly from this epoch boundary."""
         try:
-            envs = pickle.dumps(self.envs)
-        except Exception:  # noqa: BLE001 - some gymnasium envs hold unpicklable handles
+            envs = cloudpickle.dumps(self.envs)
+            self.envs_unsaved = None
+        except Exception as error:  # noqa: BLE001 - some gymnasium envs hold unpicklable handles
             envs = None
+            self.envs_unsaved = f"{type(error).__name__}: {error}".splitlines()[0]
         return {
             "epoch": self.epoch,
             "agent_steps": self.agent_steps,

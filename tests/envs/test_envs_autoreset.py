@@ -12,7 +12,7 @@ TIME_LIMIT = 4
 
 
 class CounterEnv(gymnasium.Env):
-    """Obs [episode number, t, L]: terminates at t == L (L drawn at reset), reward t."""
+    """Obs [episode number, t, L]: terminates at t == L (L drawn at reset), reward t, info score 10 t."""
 
     observation_space = spaces.Box(-np.inf, np.inf, (3,), np.float32)
     action_space = spaces.Discrete(2)
@@ -29,13 +29,54 @@ class CounterEnv(gymnasium.Env):
 
     def step(self, action):
         self.t += 1
-        return self._obs(), float(self.t), self.t == self.limit, False, {}
+        return self._obs(), float(self.t), self.t == self.limit, False, {"score": 10 * self.t}
 
     def _obs(self):
         return np.array([self.episode, self.t, self.limit], dtype=np.float32)
 
 
+class CounterVectorEnv(gymnasium.vector.VectorEnv):
+    """A native same-step vector env: row i counts t and ends at t == 2 + i % 3; obs [episode, t]."""
+
+    metadata = {"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int, max_episode_steps: int | None = None) -> None:
+        self.num_envs = num_envs
+        self.single_observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.single_action_space = spaces.Discrete(2)
+        self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, num_envs)
+        self.ends_at = 2 + np.arange(num_envs) % 3
+
+    def reset(self, *, seed=None, options=None):
+        self.episode = np.zeros(self.num_envs)
+        self.t = np.zeros(self.num_envs)
+        return self._obs(), {}
+
+    def step(self, actions):
+        self.t += 1
+        terminated = self.t == self.ends_at
+        rewards = self.t.astype(np.float32)
+        info = {"final_obs": self._obs(), "_final_obs": terminated.copy()}
+        self.episode[terminated] += 1
+        self.t[terminated] = 0
+        return self._obs(), rewards, terminated, np.zeros_like(terminated), info
+
+    def _obs(self):
+        return np.stack([self.episode, self.t], axis=1).astype(np.float32)
+
+
+class NextStepCounterVectorEnv(CounterVectorEnv):
+    """The same env claiming next-step autoreset, for which the adapter has no row reset."""
+
+    metadata = {"autoreset_mode": gymnasium.vector.AutoresetMode.NEXT_STEP}
+
+
 gymnasium.register("puffctl-tests/Counter-v0", entry_point=CounterEnv, max_episode_steps=TIME_LIMIT)
+gymnasium.register("puffctl-tests/CounterVector-v0", entry_point=CounterEnv, vector_entry_point=CounterVectorEnv)
+gymnasium.register(
+    "puffctl-tests/NextStepCounterVector-v0", entry_point=CounterEnv, vector_entry_point=NextStepCounterVectorEnv
+)
 
 
 def test_sync_same_step_reset_final_obs_rewards_and_done_kinds():
@@ -115,3 +156,36 @@ def test_cartpole_many_envs_final_obs_is_terminal_and_obs_is_a_reset_obs():
             counts["terminated"] += int(result.terminations.sum())
             counts["truncated"] += int(result.truncations.sum())
         assert counts["terminated"] > 0 and counts["truncated"] > 0
+
+
+def test_final_info_numbers_join_the_episode_stats():
+    with make("gym:puffctl-tests/Counter-v0", 3, seed=0) as env:
+        env.reset()
+        episodes = []
+        for _ in range(20):
+            episodes += env.step(np.zeros(3, dtype=np.int64)).episodes
+        assert episodes
+        for episode in episodes:
+            assert episode["score"] == 10 * episode["episode_length"]
+
+
+def test_native_same_step_vector_env_is_used_as_is():
+    with make("gym:puffctl-tests/CounterVector-v0", 6, seed=0) as env:
+        assert env.vectorization == "native"
+        env.reset()
+        ended = 0
+        for step in range(1, 13):
+            result = env.step(np.zeros(6, dtype=np.int64))
+            done = result.terminations
+            for row in np.flatnonzero(done):
+                ends_at = 2 + row % 3
+                np.testing.assert_array_equal(result.final_obs[row], [step // ends_at - 1, ends_at])
+                np.testing.assert_array_equal(result.obs[row], [step // ends_at, 0])
+                assert result.rewards[row] == ends_at
+                ended += 1
+        assert ended == 2 * (6 + 4 + 3)
+
+
+def test_native_next_step_env_without_a_row_reset_falls_back_to_sync():
+    with make("gym:puffctl-tests/NextStepCounterVector-v0", 2, seed=0) as env:
+        assert env.vectorization == "sync"

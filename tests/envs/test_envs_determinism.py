@@ -1,5 +1,7 @@
 """Seeds: the same seed gives the same trajectories; different seeds and sub-envs differ."""
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,30 @@ def test_maze_is_the_same_for_every_run_seed_and_changes_with_maze_seed():
     c = make("puffer:maze", 1, seed=0, size=6, maze_seed=1)
     np.testing.assert_array_equal(a.opened, b.opened)
     assert not np.array_equal(a.opened, c.opened)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs", [*SEEDED, ("gym:Pendulum-v1", {}), ("puffer:maze", {"size": 3})]
+)
+def test_a_pickled_env_continues_exactly(name, kwargs):
+    """The trainer checkpoints envs by pickling them; the copy must step like the original."""
+    num_envs = 4
+    rng = np.random.default_rng(0)
+    env = make(name, num_envs, seed=3, **kwargs)
+    space = env.single_action_space
+
+    def actions():
+        if hasattr(space, "n"):
+            return rng.integers(space.n, size=num_envs)
+        return rng.uniform(-1, 1, (num_envs, *space.shape)).astype(np.float32)
+
+    env.reset()
+    for _ in range(25):
+        env.step(actions())
+    restored = pickle.loads(pickle.dumps(env))
+    for _ in range(80):
+        batch = actions()
+        a, b = env.step(batch), restored.step(batch)
+        for field in ("obs", "rewards", "terminations", "truncations"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+        assert a.episodes == b.episodes

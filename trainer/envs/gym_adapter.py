@@ -16,28 +16,30 @@ gymnasium's with the fake transitions cut out.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
-from gymnasium.vector import AutoresetMode
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import concatenate, create_empty_array
 
 from trainer.envs.spaces import ActionConverter, ObsFlattener
 from trainer.envs.vecenv import EnvError, EpisodeTracker, StepResult, VecEnv
 
 RowReset = Callable[[Any, np.ndarray], np.ndarray]
-"""Resets the rows of a native NEXT_STEP vector env where mask is True; returns their new obs."""
+"""Resets the given rows of a native NEXT_STEP vector env; returns their new obs [len(rows), ...]."""
 
 
-def _reset_cartpole_rows(env: CartPoleVectorEnv, mask: np.ndarray) -> np.ndarray:
-    """Exactly what CartPoleVectorEnv.step does one call later for its `prev_done` rows."""
-    env.state[:, mask] = env.np_random.uniform(low=env.low, high=env.high, size=(4, int(mask.sum())))
-    env.steps[mask] = 0
-    env.prev_done[mask] = False
-    return env.state[:, mask].T
+def _reset_cartpole_rows(env: CartPoleVectorEnv, rows: np.ndarray) -> np.ndarray:
+    """What CartPoleVectorEnv.step does one call later to its `prev_done` rows (same RNG draws)."""
+    fresh = env.np_random.uniform(low=env.low, high=env.high, size=(4, len(rows)))
+    env.state[:, rows] = fresh
+    env.steps[rows] = 0
+    env.prev_done[:] = False
+    return fresh.T
 
 
 ROW_RESETS: dict[type, RowReset] = {CartPoleVectorEnv: _reset_cartpole_rows}
@@ -114,13 +116,23 @@ class GymVecEnv(VecEnv):
             final_obs = self._final_obs
             if self._row_reset is not None:
                 final_obs[ended] = obs[ended]
-                obs[ended] = self._row_reset(self.env, done)
+                obs[ended] = self._row_reset(self.env, ended)
             else:
                 final_obs[ended] = self._final_rows(info, ended)
+            _add_final_info_stats(episodes, info.get("final_info"), ended)
         return StepResult(obs, rewards, terminations, truncations, final_obs, episodes)
 
     def close(self) -> None:
         self.env.close()
+
+    def __getstate__(self) -> dict:
+        """Picklable (the trainer checkpoints envs for exact resume): a sync vector env keeps
+        its sub-env factories, closures that are only needed at construction, so leave them out."""
+        state = self.__dict__.copy()
+        if isinstance(self.env, SyncVectorEnv):
+            state["env"] = copy.copy(self.env)
+            state["env"].env_fns = None
+        return state
 
     def _flat(self, obs: Any) -> np.ndarray:
         """Flat float32 [N, obs_size]; a float32 Box batch passes through without a copy."""
@@ -139,6 +151,23 @@ class GymVecEnv(VecEnv):
         else:
             final = _select_rows(final, ended)
         return self._flatten(final, self._scratch)
+
+
+def _add_final_info_stats(episodes: list[dict], final_info: Any, ended: np.ndarray) -> None:
+    """Copy the numeric scalars of each ended sub-env's last info (e.g. a game's score) into its
+    episode dict, next to episode_return and episode_length (which they never overwrite)."""
+    if not isinstance(final_info, dict):
+        return
+    for key, values in final_info.items():
+        if key.startswith("_") or key in ("episode_return", "episode_length"):
+            continue
+        values = np.asarray(values)
+        if values.ndim != 1 or values.dtype.kind not in "biuf":
+            continue
+        present = np.asarray(final_info.get("_" + key, np.ones(len(values), dtype=np.bool_)))
+        for episode, value, has in zip(episodes, values[ended].tolist(), present[ended].tolist()):
+            if has:
+                episode[key] = float(value)
 
 
 def _select_rows(batch: Any, rows: np.ndarray) -> Any:

@@ -30,6 +30,10 @@ class ObsFlattener:
         self.obs_size, self._write = self._build(space, 0)
         self.is_plain_float32 = isinstance(space, spaces.Box) and space.dtype == np.float32
 
+    def __reduce__(self) -> tuple:
+        """Pickle as the space (the writers are closures, rebuilt on load)."""
+        return ObsFlattener, (self.space, len(self._rows))
+
     def __call__(self, batch: Any, out: np.ndarray) -> np.ndarray:
         """Write `batch` (n observations) into `out[:n]` and return that view."""
         n = _batch_len(batch)
