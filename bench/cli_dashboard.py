@@ -8,6 +8,8 @@ Runs the real CLI in a pseudo-terminal (so the rich.live table is drawn) and, al
 - first data: seconds from exec to the first progress event in events.jsonl;
 - training SPS: agent steps / (end event time - start event time), the trainer's throughput
   without its start-up, median over trials, with and without the table;
+- CLI CPU: the puffctl process's own CPU time while the trainer trains, as % of one core: what
+  the table takes from the machine, independent of other load on it;
 - render cost: milliseconds per table redraw (render + diff to a terminal) measured in-process
   on the recorded events, and the share of one core that is at the run's update rate.
 
@@ -53,11 +55,14 @@ def run_cli(args: list[str], terminal: bool) -> dict:
         os.execve(sys.executable, command, environment)
     first_table = first_data = None
     seen = b""
+    cpu_at_first_data = cpu_last = 0.0
     while True:
         ready, _, _ = select.select([fd], [], [], 0.02)
+        cpu_last = cpu_seconds(pid) or cpu_last
         if first_data is None and (run_dir / "events.jsonl").exists():
             if any(event["type"] == "progress" for event in read_events(run_dir / "events.jsonl")):
                 first_data = time.perf_counter() - started
+                cpu_at_first_data = cpu_last
         if ready:
             try:
                 chunk = os.read(fd, 65536)
@@ -81,8 +86,19 @@ def run_cli(args: list[str], terminal: bool) -> dict:
         "train_sps": (end["agent_steps"] - start["agent_steps"]) / (end["time"] - start["time"]),
         "updates": sum(event["type"] == "progress" for event in events),
         "train_s": end["time"] - start["time"],
+        # the CLI process's own CPU while the trainer trained (its start-up excluded), % of one core
+        "cli_core_percent": 100 * (cpu_last - cpu_at_first_data) / (end["time"] - start["time"]),
         "events": str(run_dir / "events.jsonl"),
     }
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process (not its children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def render_cost(events_path: str) -> float:
@@ -137,6 +153,8 @@ def main() -> None:
         "throughput_cost_percent": 100 * (1 - with_table / without),
         "sps_spread_percent": 100 * (max(r["train_sps"] for rs in results.values() for r in rs)
                                      - min(r["train_sps"] for rs in results.values() for r in rs)) / without,
+        "cli_core_percent_table": median("table", "cli_core_percent"),
+        "cli_core_percent_no_dashboard": median("no_dashboard", "cli_core_percent"),
         "render_ms": render_ms,
         "render_core_percent": render_ms * updates_per_s / 10,
     }
@@ -149,6 +167,8 @@ def main() -> None:
     table.add_row("training SPS, --no-dashboard", f"{without:,.0f}")
     table.add_row("throughput cost of the table", f"{summary['throughput_cost_percent']:+.2f} %")
     table.add_row("SPS spread over all trials", f"{summary['sps_spread_percent']:.1f} %")
+    table.add_row("CLI CPU while training, live table", f"{summary['cli_core_percent_table']:.2f} % of a core")
+    table.add_row("CLI CPU while training, --no-dashboard", f"{summary['cli_core_percent_no_dashboard']:.2f} % of a core")
     table.add_row("one redraw", f"{render_ms:.2f} ms")
     table.add_row("redraw CPU at the run's update rate", f"{summary['render_core_percent']:.2f} % of a core")
     console.print(table)

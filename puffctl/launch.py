@@ -28,7 +28,6 @@ from puffctl.events import RunState, Tail
 
 #: Seconds the trainer gets after the second Ctrl-C before it is killed.
 KILL_GRACE = 3.0
-EXIT_CODES = {0: 0, 1: 1, 2: 2, 130: 130}
 
 
 def git_source(directory: Path) -> dict | None:
@@ -159,7 +158,7 @@ def settle(path: Path, state: RunState, returncode: int, interrupted: bool) -> N
     if state.finished or status.get("status") in ("completed", "failed", "interrupted"):
         return
     if interrupted:
-        new, reason = "interrupted", "stopped by a second Ctrl-C before the trainer finished"
+        new, reason = "interrupted", "stopped by Ctrl-C before the trainer could checkpoint"
     elif returncode < 0:
         new, reason = "failed", f"the trainer was killed by {signal.Signals(-returncode).name}"
     else:
@@ -226,11 +225,11 @@ def watch(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     returncode = process.wait()
-    settle(path, state, returncode, interrupts > 1)
-    if returncode in EXIT_CODES:
-        code = EXIT_CODES[returncode]
+    settle(path, state, returncode, interrupts > 0)
+    if returncode == 2 and not state.progress_count:
+        code = 2
     else:
-        code = 130 if interrupts else 1
+        code = {"completed": 0, "interrupted": 130}.get(state.status, 1)
     return Outcome(exit_code=code, state=state, returncode=returncode, interrupts=interrupts)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -103,19 +105,27 @@ def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, r
             if line:
                 console.print(line, markup=False, highlight=False)
 
+    def begin() -> subprocess.Popen:
+        try:
+            ensure_extension()
+        except KeyboardInterrupt:
+            if not resume:
+                shutil.rmtree(path, ignore_errors=True)
+            raise typer.Exit(130) from None
+        return launch.start(path, resume=resume)
+
     if quiet:
         console.print(f"run {path.name}: {path}", markup=False, highlight=False)
-        ensure_extension()
-        outcome = launch.watch(launch.start(path, resume=resume), path, show_quiet, state=state, offset=offset)
+        outcome = launch.watch(begin(), path, show_quiet, state=state, offset=offset)
     else:
         with Dashboard(console) as board:
             board.start(state)
-            ensure_extension()
-            outcome = launch.watch(launch.start(path, resume=resume), path, board.update, state=state, offset=offset)
+            outcome = launch.watch(begin(), path, board.update, state=state, offset=offset)
             board.stop(outcome.state)
     final = outcome.state
     if outcome.exit_code == 2 and not final.progress_count:
-        raise PuffctlError(f"the trainer refused the run: {launch.last_line(path / 'stdout.log')}")
+        detail = launch.last_line(path / "stdout.log").removeprefix("error: ")
+        raise PuffctlError(f"the trainer refused the run: {detail}")
     best = f", best {final.return_key} {human_value(final.best_return)}" if final.best_return is not None else ""
     style = {"completed": "green", "interrupted": "yellow"}.get(final.status, "bold red")
     reason = f" ({escape(final.reason)})" if final.reason else ""

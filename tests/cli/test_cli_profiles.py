@@ -77,7 +77,7 @@ def test_cli_set_overrides_are_yaml_scalars_with_dotted_keys(lab):
     ("baseline", ["train.learning_rate=[0.1,"], "--set train.learning_rate: cannot parse value"),
     ("baseline", ["train.learning_rate"], "expected KEY=VALUE"),
     ("baseline", ["=3"], "expected KEY=VALUE"),
-    ("baseline", ["train.minibatch_size=100"], "train.minibatch_size=100 must be a multiple of train.bptt_horizon=32"),
+    ("baseline", ["train.minibatch_size=100"], "train.minibatch_size=100 must be a multiple of train.bptt_horizon=64"),
     ("baseline", ["train.update_epochs=two"], "train.update_epochs='two' must be an integer"),
     ("baseline", ["env.name=gym:CartPole-v9"], "gymnasium has no env 'CartPole-v9' (did you mean gym:CartPole-v1"),
     ("baseline", ["env.name=CartPole-v1"], "unknown env (did you mean gym:CartPole-v1?)"),
