@@ -103,6 +103,7 @@ def sparkline(values: Sequence[float], width: int = 32) -> str:
 
 def _section(title: str) -> Table:
     table = Table.grid(padding=(0, 1))
+    table.min_width = 28  # an empty section keeps its title readable
     table.title = title
     table.title_style = "bold"
     table.title_justify = "left"
