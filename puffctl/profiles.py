@@ -48,9 +48,10 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def search_dirs() -> list[Path]:
-    """Where named profiles are looked up: $PUFFCTL_PROFILES_DIR (os.pathsep list), then the bundled ones."""
+    """Where named profiles are looked up, first match wins: $PUFFCTL_PROFILES_DIR (an os.pathsep
+    list), the profiles/ next to this package (a checkout or editable install), then ./profiles."""
     extra = [Path(part) for part in os.environ.get("PUFFCTL_PROFILES_DIR", "").split(os.pathsep) if part]
-    return [*extra, BUNDLED_DIR]
+    return [*extra, BUNDLED_DIR, Path("profiles")]
 
 
 def available() -> dict[str, Path]:
