@@ -23,8 +23,9 @@ from typing import Any
 
 #: Events queued while Neptune starts or lags; beyond this they are dropped (and that is said once).
 QUEUE_SIZE = 100_000
-#: Seconds `close` waits for the queue to drain and Neptune to stop.
-CLOSE_TIMEOUT = 60.0
+#: Seconds `close` waits for the queue to drain and Neptune to stop (Neptune's own flush gets STOP_TIMEOUT).
+CLOSE_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
 _STOP = object()
 
 
@@ -158,7 +159,7 @@ class NeptuneSink:
             self._drain()
         finally:
             try:
-                run.stop()
+                run.stop(seconds=STOP_TIMEOUT)
             except Exception:  # noqa: BLE001
                 pass
 
