@@ -231,3 +231,15 @@ def test_cli_help_does_not_import_torch(command):
     assert result.returncode == 0
     imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
     assert not [name for name in imported if name.split(".")[0] in ("torch", "neptune", "gymnasium")]
+
+
+def test_cli_failed_run_exits_1_and_keeps_its_reason(tmp_path):
+    result = puffctl("train", "baseline", "--steps", "200000", "--name", "boom", "--runs-dir", str(tmp_path),
+                     "--set", "train.learning_rate=1e30", "--set", "train.max_grad_norm=1e38")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "failed" in result.stdout.splitlines()[-1] and "non-finite" in result.stdout
+    assert json.loads((tmp_path / "boom" / "status.json").read_text())["status"] == "failed"
+    shown = CliRunner().invoke(app, ["runs", "show", "boom", "--runs-dir", str(tmp_path)])
+    status_line = next(line for line in shown.output.splitlines() if line.startswith("status"))
+    assert "failed: non-finite" in status_line
+    assert "train.learning_rate=1e30" in shown.output
