@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,16 +32,23 @@ KILL_GRACE = 3.0
 
 
 def git_source(directory: Path) -> dict | None:
-    """{"commit", "dirty", "diff_hash"} of the git checkout holding `directory`, or None outside git."""
+    """{"commit", "dirty", "diff_hash"} of the git checkout rooted at `directory`, or None.
+
+    None also when `directory` is only somewhere inside another repository (an installed
+    package in a project's virtualenv): that commit would not identify this code.
+    """
 
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, timeout=30)
 
     try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.decode().strip()).resolve() != directory.resolve():
+            return None
         commit = git("rev-parse", "HEAD")
         if commit.returncode != 0:
             return None
-        diff = git("diff", "HEAD", "--binary").stdout
+        diff = git("diff", "HEAD").stdout  # the same bytes the trainer hashes without source.json
     except (OSError, subprocess.TimeoutExpired):
         return None
     return {
@@ -71,8 +79,6 @@ def prepare(root: Path, base_name: str, config: dict, launch: dict, *, exact: bo
             runs.write_json(path / "source.json", source)
         runs.write_json(path / runs.LAUNCH_FILE, {**launch, "created": time.time(), "host": socket.gethostname()})
     except BaseException:
-        import shutil
-
         shutil.rmtree(path, ignore_errors=True)
         raise
     return path

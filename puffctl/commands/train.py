@@ -18,15 +18,15 @@ LOGGERS = ("local", "neptune")
 
 
 def train(
-    profile: Optional[str] = typer.Argument(None, help="Profile name (see `puffctl profile list`) or a YAML file."),
-    env: Optional[str] = typer.Option(None, "--env", help="Environment to train on (sets env.name)."),
-    sets: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set train.learning_rate=0.01 (YAML value; repeatable)."),
+    profile: Optional[str] = typer.Argument(None, metavar="PROFILE", help="Profile name (see `puffctl profile list`) or a YAML file."),
+    env: Optional[str] = typer.Option(None, "--env", metavar="NAME", help="Environment to train on (sets env.name)."),
+    sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.learning_rate=0.01 (YAML value; repeatable)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (sets train.seed)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Total agent steps (sets train.total_timesteps)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run id (default: PROFILE-<UTC time>); must be new."),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs root (default: $PUFFCTL_RUNS_DIR, else ./runs)."),
-    logger: Optional[str] = typer.Option(None, "--logger", help="local, or neptune (also logs to Neptune; offline without NEPTUNE_API_TOKEN)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue run RUN from its latest checkpoint (same id, its own config)."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root (default: $PUFFCTL_RUNS_DIR, else ./runs)."),
+    logger: Optional[str] = typer.Option(None, "--logger", metavar="local|neptune", help="local, or neptune (also logs to Neptune; offline without NEPTUNE_API_TOKEN)."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN", help="Continue run RUN from its latest checkpoint (same id, its own config)."),
     detach: bool = typer.Option(False, "--detach", help="Start the run and return; watch it with `puffctl runs tail RUN -f`."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="No table: print only the run id, warnings and the final line."),
 ) -> None:
