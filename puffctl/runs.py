@@ -13,7 +13,7 @@ import re
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from puffctl.errors import PuffctlError
@@ -22,6 +22,8 @@ from puffctl.events import RunState, fold, read_events
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: The file the launcher writes next to the trainer's own: what was asked for, by whom.
 LAUNCH_FILE = "launch.json"
+#: A finished run's folded events, keyed by the size and mtime of its events.jsonl (`runs list` speed).
+SUMMARY_FILE = ".summary.json"
 STATUSES = ("running", "completed", "failed", "interrupted", "lost", "created")
 
 
@@ -179,9 +181,35 @@ def derive_status(state: RunState, status_file: dict, launch: dict) -> str:
     return "lost"
 
 
+def load_state(path: Path) -> RunState:
+    """A run's folded events; a finished run's come from its summary cache while events.jsonl is unchanged."""
+    events = path / "events.jsonl"
+    try:
+        stat = events.stat()
+    except FileNotFoundError:
+        return RunState(run_id=path.name)
+    key = [stat.st_size, stat.st_mtime_ns]
+    cached = read_json(path / SUMMARY_FILE)
+    if cached.get("key") == key and isinstance(cached.get("state"), dict):
+        try:
+            state = RunState(**cached["state"])
+        except TypeError:  # written by another version of RunState
+            pass
+        else:
+            state.message = tuple(state.message) if state.message else None
+            return state
+    state = fold(read_events(events))
+    if state.finished:
+        try:
+            write_json(path / SUMMARY_FILE, {"key": key, "state": asdict(state)})
+        except OSError:
+            pass
+    return state
+
+
 def load_run(path: Path) -> Run:
     """Read one run directory."""
-    state = fold(read_events(path / "events.jsonl"))
+    state = load_state(path)
     status_file = read_json(path / "status.json")
     launch = read_json(path / LAUNCH_FILE)
     return Run(

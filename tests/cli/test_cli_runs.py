@@ -147,3 +147,15 @@ def test_cli_runs_bad_input_is_one_line_exit_2(store, args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_cli_finished_runs_are_summarised_once_and_refolded_when_events_change(store):
+    first = runs.get_run(store, "done").state
+    cache = store / "done" / runs.SUMMARY_FILE
+    assert cache.is_file() and not (store / "alive" / runs.SUMMARY_FILE).exists()
+    cached = runs.get_run(store, "done").state
+    assert cached == first and cached.message == first.message
+    with (store / "done" / "events.jsonl").open("a") as handle:
+        handle.write(json.dumps({"type": "start", "time": 1790000100.0, "run_id": "done", "resumed": True}) + "\n")
+    refolded = runs.get_run(store, "done").state
+    assert refolded.resumed and refolded.status == "running"
