@@ -1,0 +1,68 @@
+"""Policy shapes for each action head, sampling vs evaluation, and the LSTM's step/sequence."""
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from trainer.policy import Policy
+
+SPACES = {
+    "discrete": (spaces.Discrete(3), (), torch.int64),
+    "multidiscrete": (spaces.MultiDiscrete([3, 3]), (2,), torch.int64),
+    "multidiscrete-mixed": (spaces.MultiDiscrete([2, 5, 3]), (3,), torch.int64),
+    "box": (spaces.Box(-1, 1, (2, 2), np.float32), (4,), torch.float32),
+}
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+@pytest.mark.parametrize("lstm", [False, True])
+def test_shapes_and_logprobs_agree(name, lstm):
+    torch.manual_seed(0)
+    space, action_shape, dtype = SPACES[name]
+    policy = Policy(5, space, hidden_size=16, lstm=lstm, lstm_hidden_size=8)
+    obs = torch.randn(6, 5)
+    state = policy.initial_state(6)
+    params, values, new_state = policy.step(obs, state)
+    actions, logprobs = policy.actor.sample(params)
+    assert actions.shape == (6, *action_shape) and actions.dtype == dtype
+    assert values.shape == (6,) and logprobs.shape == (6,)
+    if lstm:
+        assert new_state[0].shape == (6, 8) and not torch.equal(new_state[0], state[0])
+    else:
+        assert new_state is None
+    again, entropy = policy.actor.evaluate(params, actions)
+    assert torch.allclose(again, logprobs, atol=1e-6)
+    assert entropy.shape == (6,) and bool((entropy > 0).all())
+    if isinstance(space, spaces.Discrete | spaces.MultiDiscrete):
+        nvec = [space.n] if isinstance(space, spaces.Discrete) else list(space.nvec)
+        assert bool((entropy <= sum(np.log(nvec)) + 1e-5).all())
+        high = torch.tensor(nvec)
+        assert bool((actions < high).all()) and bool((actions >= 0).all())
+
+
+def test_sampled_categorical_actions_follow_the_distribution():
+    torch.manual_seed(0)
+    policy = Policy(2, spaces.Discrete(2), hidden_size=4)
+    logits = torch.log(torch.tensor([[0.2, 0.8]])).expand(20000, 2)
+    actions, _ = policy.actor.sample(logits)
+    assert actions.float().mean().item() == pytest.approx(0.8, abs=0.015)
+
+
+def test_lstm_sequence_equals_stepping():
+    torch.manual_seed(0)
+    policy = Policy(3, spaces.Discrete(2), hidden_size=8, lstm=True, lstm_hidden_size=8)
+    obs = torch.randn(4, 7, 3)
+    start = (torch.randn(4, 8), torch.randn(4, 8))
+    params_seq, values_seq = policy.sequence(obs, start)
+    state = start
+    for t in range(7):
+        params, values, state = policy.step(obs[:, t], state)
+        assert torch.allclose(params, params_seq[:, t], atol=1e-5)
+        assert torch.allclose(values, values_seq[:, t], atol=1e-5)
+
+
+def test_mlp_sequence_flattens_time():
+    policy = Policy(3, spaces.Discrete(2), hidden_size=8)
+    params, values = policy.sequence(torch.randn(4, 7, 3), None)
+    assert params.shape == (4, 7, 2) and values.shape == (4, 7)

@@ -1,0 +1,209 @@
+"""The trainer's typed config schema: defaults, validation, and one-line errors.
+
+Imports no torch: the CLI uses it to validate profiles before anything starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line naming the key path(s) and value(s)."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its type, default and help; `choices`, `nullable` and range as checks."""
+
+    type: str  # int | float | bool | str | dict | int|auto
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "env": {
+        "name": Key("str", "gym:CartPole-v1", "environment: gym:<gymnasium id> or puffer:<built-in name>"),
+        "num_envs": Key("int", 1024, "parallel environments (agents) stepped as one batch", min=1),
+        "kwargs": Key("dict", {}, "keyword arguments passed to the environment's constructor"),
+        "reward_clip": Key("float", 1.0, "rewards are clamped to [-c, c] before storage; null keeps them raw",
+                           nullable=True, min=0, min_exclusive=True),
+    },
+    "policy": {
+        "hidden_size": Key("int", 128, "width of the MLP encoder", min=1),
+        "num_layers": Key("int", 1, "linear layers in the encoder", min=1),
+        "activation": Key("str", "gelu", "encoder activation", choices=("gelu", "relu", "tanh")),
+        "lstm": Key("bool", False, "add an LSTM after the encoder (state per env, BPTT over each segment)"),
+        "lstm_hidden_size": Key("int", 128, "LSTM width (when policy.lstm)", min=1),
+    },
+    "train": {
+        "seed": Key("int", 42, "seed of torch, numpy, python and the environments", min=0),
+        "total_timesteps": Key("int", 10_000_000, "agent steps to train for", min=1),
+        "device": Key("str", "auto", "auto picks CUDA when available", choices=("auto", "cpu", "cuda")),
+        "torch_deterministic": Key("bool", True, "deterministic torch algorithms (exact seeds and resume on CPU)"),
+        "cpu_threads": Key("int", None, "torch CPU threads; null uses every core", nullable=True, min=1),
+        "cuda_launch_blocking": Key("bool", False, "debug: set CUDA_LAUNCH_BLOCKING=1 so CUDA errors surface where they happen"),
+        "optimizer": Key("str", "muon", "muon (2-D weights; Adam for the rest) or adam", choices=("adam", "muon")),
+        "learning_rate": Key("float", 0.015, "optimizer learning rate", min=0, min_exclusive=True),
+        "anneal_lr": Key("bool", True, "cosine-anneal the learning rate over training"),
+        "min_lr_ratio": Key("float", 0.0, "the annealed learning rate ends at learning_rate * min_lr_ratio", min=0, max=1),
+        "adam_beta1": Key("float", 0.95, "Adam beta1", min=0, max=1),
+        "adam_beta2": Key("float", 0.999, "Adam beta2", min=0, max=1),
+        "adam_eps": Key("float", 1e-12, "Adam epsilon", min=0),
+        "muon_momentum": Key("float", 0.95, "Muon momentum", min=0, max=1),
+        "gamma": Key("float", 0.995, "discount factor", min=0, max=1),
+        "gae_lambda": Key("float", 0.90, "GAE / puff advantage lambda", min=0, max=1),
+        "update_epochs": Key("int", 1, "passes over each batch (minibatches = update_epochs * batch / minibatch)", min=1),
+        "clip_coef": Key("float", 0.2, "PPO ratio clip", min=0),
+        "vf_coef": Key("float", 2.0, "value loss coefficient", min=0),
+        "vf_clip_coef": Key("float", 0.2, "value clip around the behaviour values", min=0),
+        "ent_coef": Key("float", 0.001, "entropy bonus coefficient", min=0),
+        "max_grad_norm": Key("float", 1.5, "gradient norm clip", min=0, min_exclusive=True),
+        "bptt_horizon": Key("int", 64, "segment length: one buffer row holds this many consecutive steps of one agent", min=1),
+        "batch_size": Key("int|auto", "auto", "agent steps per epoch; auto = env.num_envs * train.bptt_horizon", min=1),
+        "minibatch_size": Key("int", 8192, "agent steps per gradient step (a multiple of bptt_horizon)", min=1),
+        "advantage": Key("str", "puff", "advantage estimator", choices=("puff", "gae", "vtrace")),
+        "vtrace_rho_clip": Key("float", 1.0, "V-trace / puff rho clip", min=0),
+        "vtrace_c_clip": Key("float", 1.0, "V-trace / puff c clip", min=0),
+        "prio_alpha": Key("float", 0.8, "prioritized segment sampling exponent (0 = uniform)", min=0),
+        "prio_beta0": Key("float", 0.2, "importance-weight exponent at the start, annealed to 1", min=0, max=1),
+        "norm_adv": Key("bool", True, "normalize advantages per minibatch"),
+        "checkpoint_interval": Key("int", 200, "epochs between checkpoints; 0 = only at the end", min=0),
+        "keep_checkpoints": Key("int", 3, "how many recent checkpoints to keep", min=1),
+    },
+    "logger": {
+        "backend": Key("str", "local", "local run store only, or also a Neptune sink", choices=("local", "neptune")),
+        "progress_interval": Key("float", 0.5, "seconds between progress events (0 = every epoch)", min=0),
+        "sps_window": Key("float", 5.0, "wall-clock window (s) for SPS and timings", min=0, min_exclusive=True),
+        "neptune_project": Key("str", None, "Neptune project (workspace/name)", nullable=True),
+    },
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    section: {name: copy.deepcopy(key.default) for name, key in keys_.items()}
+    for section, keys_ in SCHEMA.items()
+}
+
+
+def keys() -> dict[str, tuple[str, Any, str]]:
+    """Flat "section.key" -> (type name, default, help), for `puffctl profile show` and suggestions."""
+    return {
+        f"{section}.{name}": (key.type + ("|null" if key.nullable else ""), key.default, key.help)
+        for section, keys_ in SCHEMA.items()
+        for name, key in keys_.items()
+    }
+
+
+def _suggest(path: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _check_type(path: str, key: Key, value: Any) -> Any:
+    if value is None:
+        if key.nullable:
+            return None
+        raise ConfigError(f"{path}=null is not allowed (expected {key.type})")
+    kind = key.type
+    if kind == "int|auto" and value == "auto":
+        return value
+    if kind in ("int", "int|auto"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}={value!r} must be an integer" + (" or 'auto'" if kind == "int|auto" else ""))
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}={value!r} must be a number")
+        value = float(value)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}={value!r} must be true or false")
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}={value!r} must be a string")
+        if key.choices and value not in key.choices:
+            raise ConfigError(f"{path}={value!r} must be one of {', '.join(key.choices)}")
+    elif kind == "dict":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}={value!r} must be a mapping")
+        value = copy.deepcopy(dict(value))
+    if kind in ("int", "int|auto", "float"):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}={value!r} must be finite")
+        if key.min is not None and (value < key.min or (key.min_exclusive and value == key.min)):
+            raise ConfigError(f"{path}={value!r} must be {'>' if key.min_exclusive else '>='} {key.min:g}")
+        if key.max is not None and value > key.max:
+            raise ConfigError(f"{path}={value!r} must be <= {key.max:g}")
+    return value
+
+
+def _check_combinations(config: dict) -> None:
+    env, train = config["env"], config["train"]
+    horizon, num_envs = train["bptt_horizon"], env["num_envs"]
+    if train["batch_size"] == "auto":
+        train["batch_size"] = num_envs * horizon
+    batch, minibatch = train["batch_size"], train["minibatch_size"]
+    if batch % horizon:
+        raise ConfigError(f"train.batch_size={batch} must be a multiple of train.bptt_horizon={horizon}")
+    if minibatch % horizon:
+        raise ConfigError(f"train.minibatch_size={minibatch} must be a multiple of train.bptt_horizon={horizon}")
+    if minibatch > batch:
+        raise ConfigError(f"train.minibatch_size={minibatch} must be <= train.batch_size={batch}")
+    segments = batch // horizon
+    if segments < num_envs:
+        raise ConfigError(
+            f"train.batch_size={batch} / train.bptt_horizon={horizon} gives {segments} segments, "
+            f"fewer than env.num_envs={num_envs} agents (need segments >= agents)")
+    if segments % num_envs:
+        raise ConfigError(
+            f"train.batch_size={batch} / train.bptt_horizon={horizon} gives {segments} segments, "
+            f"not a multiple of env.num_envs={num_envs} (each agent fills whole segments)")
+
+
+def resolve(overrides: Mapping) -> dict:
+    """Deep-merge `overrides` onto DEFAULTS, type- and range-check every key and the
+    impossible combinations; return the full resolved config. Raises ConfigError."""
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"config must be a mapping of sections, got {type(overrides).__name__}")
+    flat_names = list(keys())
+    config = copy.deepcopy(DEFAULTS)
+    for section, values in overrides.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"unknown section {section}{_suggest(str(section), list(SCHEMA))}")
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{section}={values!r} must be a mapping of keys")
+        for name, value in values.items():
+            path = f"{section}.{name}"
+            if name not in SCHEMA[section]:
+                raise ConfigError(f"unknown key {path}{_suggest(path, flat_names)}")
+            config[section][name] = _check_type(path, SCHEMA[section][name], value)
+    _check_combinations(config)
+    return config
+
+
+def load(path: str | Path) -> dict:
+    """Read a YAML config file and resolve it."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    return resolve(data or {})

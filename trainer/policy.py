@@ -1,0 +1,165 @@
+"""The policy: an MLP encoder, an optional LSTM, an action head and a value head.
+
+Action heads: categorical (Discrete), one categorical per dimension (MultiDiscrete), and a
+diagonal Gaussian with a learned log-std (Box). The LSTM keeps one state per env during
+collection (`step`) and runs BPTT over a whole segment in training (`sequence`), starting from
+the state the segment was collected with. The state carries across episode boundaries inside an
+env, in collection and training alike, so both see the same computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+State = tuple[Tensor, Tensor] | None
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def _layer(layer: nn.Linear, gain: float) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class CategoricalHead(nn.Module):
+    """Discrete(n) and MultiDiscrete(nvec): one categorical per action dimension."""
+
+    def __init__(self, hidden: int, nvec: list[int], multi: bool) -> None:
+        super().__init__()
+        self.nvec = nvec
+        self.multi = multi
+        self.uniform = len(set(nvec)) == 1
+        self.linear = _layer(nn.Linear(hidden, sum(nvec)), 0.01)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.linear(hidden)
+
+    def _split(self, logits: Tensor) -> list[Tensor]:
+        if self.uniform:  # one reshape instead of a split: [..., k, n]
+            return [logits.reshape(*logits.shape[:-1], len(self.nvec), self.nvec[0])]
+        return list(logits.split(self.nvec, dim=-1))
+
+    def sample(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(actions, logprobs). Actions [N] for Discrete, [N, k] for MultiDiscrete (int64).
+        Gumbel-max sampling: never raises on non-finite logits (they show up as NaN logprobs)."""
+        actions, logprobs = [], []
+        for part in self._split(logits):
+            log_p = torch.log_softmax(part, dim=-1)
+            gumbel = -torch.log(-torch.log(torch.rand_like(log_p)))
+            action = torch.argmax(log_p + gumbel, dim=-1, keepdim=True)
+            actions.append(action.squeeze(-1))
+            logprobs.append(log_p.gather(-1, action).squeeze(-1))
+        if self.uniform:
+            action, logprob = actions[0], logprobs[0].sum(-1)
+        else:
+            action, logprob = torch.stack(actions, -1), sum(logprobs)
+        return (action if self.multi else action.squeeze(-1)), logprob
+
+    def evaluate(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """(logprobs, entropy) of `actions` under `logits`, summed over action dimensions."""
+        if not self.multi:
+            actions = actions.unsqueeze(-1)
+        if self.uniform:
+            log_p = torch.log_softmax(self._split(logits)[0], dim=-1)
+            logprob = log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1).sum(-1)
+            entropy = -(log_p.exp() * log_p).sum(-1).sum(-1)
+            return logprob, entropy
+        logprob, entropy = 0, 0
+        for i, part in enumerate(self._split(logits)):
+            log_p = torch.log_softmax(part, dim=-1)
+            logprob = logprob + log_p.gather(-1, actions[..., i : i + 1]).squeeze(-1)
+            entropy = entropy - (log_p.exp() * log_p).sum(-1)
+        return logprob, entropy
+
+
+class GaussianHead(nn.Module):
+    """Box actions: a diagonal Gaussian with a state-independent learned log-std."""
+
+    def __init__(self, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.linear = _layer(nn.Linear(hidden, dim), 0.01)
+        self.log_std = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.linear(hidden)
+
+    def sample(self, mean: Tensor) -> tuple[Tensor, Tensor]:
+        actions = mean + self.log_std.exp() * torch.randn_like(mean)
+        return actions, self._logprob(mean, actions)
+
+    def _logprob(self, mean: Tensor, actions: Tensor) -> Tensor:
+        z = (actions - mean) * torch.exp(-self.log_std)
+        return (-0.5 * z * z - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def evaluate(self, mean: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(mean.shape[:-1])
+        return self._logprob(mean, actions), entropy
+
+
+def make_head(hidden: int, action_space) -> nn.Module:
+    """The action head for a gymnasium action space."""
+    from gymnasium import spaces
+
+    if isinstance(action_space, spaces.Discrete):
+        return CategoricalHead(hidden, [int(action_space.n)], multi=False)
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return CategoricalHead(hidden, [int(n) for n in np.asarray(action_space.nvec).ravel()], multi=True)
+    if isinstance(action_space, spaces.Box):
+        return GaussianHead(hidden, int(np.prod(action_space.shape)))
+    raise TypeError(f"unsupported action space {action_space}")
+
+
+class Policy(nn.Module):
+    """Encoder -> (LSTM) -> action head and value head."""
+
+    def __init__(self, obs_size: int, action_space, hidden_size: int = 128, num_layers: int = 1,
+                 activation: str = "gelu", lstm: bool = False, lstm_hidden_size: int = 128) -> None:
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            layers += [_layer(nn.Linear(obs_size if i == 0 else hidden_size, hidden_size), math.sqrt(2)), act()]
+        self.encoder = nn.Sequential(*layers)
+        self.lstm = nn.LSTM(hidden_size, lstm_hidden_size, batch_first=True) if lstm else None
+        if self.lstm is not None:
+            for name, param in self.lstm.named_parameters():
+                if "weight" in name:
+                    nn.init.orthogonal_(param)
+                else:
+                    nn.init.zeros_(param)
+        out = lstm_hidden_size if lstm else hidden_size
+        self.actor = make_head(out, action_space)
+        self.critic = _layer(nn.Linear(out, 1), 1.0)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.lstm is not None
+
+    def initial_state(self, n: int, device: torch.device | str = "cpu") -> State:
+        """Zero LSTM state (h, c), each [n, lstm_hidden]; None for an MLP policy."""
+        if self.lstm is None:
+            return None
+        size = self.lstm.hidden_size
+        return torch.zeros(n, size, device=device), torch.zeros(n, size, device=device)
+
+    def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+        """One step for N envs: obs [N, obs_size] -> (head params, values [N], new state)."""
+        hidden = self.encoder(obs)
+        if self.lstm is not None:
+            h, c = state
+            out, (h, c) = self.lstm(hidden.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
+            hidden, state = out.squeeze(1), (h.squeeze(0), c.squeeze(0))
+        return self.actor(hidden), self.critic(hidden).squeeze(-1), state
+
+    def sequence(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor]:
+        """A segment for B rows: obs [B, T, obs_size] -> (head params [B, T, ...], values [B, T])."""
+        hidden = self.encoder(obs)
+        if self.lstm is not None:
+            h, c = state
+            hidden, _ = self.lstm(hidden, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)

@@ -1,0 +1,249 @@
+"""One training run's life: the run directory, the event stream, checkpoints, signals, failure.
+
+The algorithm lives in trainer/train.py; this module wraps it in what docs/events.md promises:
+start / progress / checkpoint / message / end events, status.json, true resume, SIGINT/SIGTERM
+-> checkpoint and `interrupted` (exit 130), a non-finite loss -> `failed` (exit 1) with the
+last good checkpoint left intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer import checkpoint
+from trainer.config import ConfigError
+from trainer.events import EventWriter
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class RunError(Exception):
+    """A bad request about the run itself (resume a completed run, reuse a run dir): exit 2."""
+
+
+def git_provenance(run_dir: Path) -> dict | None:
+    """{"commit", "dirty", "diff_hash"} from RUN_DIR/source.json, else from git in the cwd, else None."""
+    source = run_dir / "source.json"
+    if source.is_file():
+        try:
+            return json.loads(source.read_text())
+        except (OSError, ValueError):
+            return None
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                                  timeout=10).stdout
+
+        commit = git("rev-parse", "HEAD").strip()
+        diff = git("diff", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        return {"commit": commit, "dirty": dirty,
+                "diff_hash": hashlib.sha256(diff.encode()).hexdigest() if dirty else None}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Window:
+    """Means of episode infos (numbers only) finished since the window was last read."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, episodes: list[dict]) -> None:
+        for episode in episodes:
+            for key, value in episode.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.sums[key] = self.sums.get(key, 0.0) + value
+                    self.counts[key] = self.counts.get(key, 0) + 1
+
+    def read(self) -> dict[str, float]:
+        means = {key: self.sums[key] / self.counts[key] for key in self.sums}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+class Run:
+    """Drives a Trainer through its epochs and reports everything as events."""
+
+    def __init__(self, config: dict, run_dir: Path, resume: bool, events_stdout: bool) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.events_stdout = events_stdout
+        self.stop_signal: str | None = None
+        self.events: EventWriter | None = None
+        self.warned_envs = False
+        self.final_metrics: dict = {}
+
+    def prepare(self) -> Path | None:
+        """Check the run directory; return the checkpoint to resume from. Raises RunError."""
+        run_dir = self.run_dir
+        if self.resume:
+            status = run_dir / "status.json"
+            if status.is_file():
+                try:
+                    state = json.loads(status.read_text()).get("status")
+                except ValueError:
+                    state = None
+                if state == "completed":
+                    raise RunError(f"run {run_dir.name} already completed; nothing to resume")
+            latest = checkpoint.latest(run_dir)
+            if latest is None:
+                raise RunError(f"run {run_dir.name} has no checkpoint in {run_dir / 'checkpoints'} to resume from")
+            return latest
+        if (run_dir / "events.jsonl").exists() and (run_dir / "events.jsonl").stat().st_size:
+            raise RunError(f"{run_dir} already holds a run; pass --resume to continue it")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        return None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_signal is None:
+            self.stop_signal = name
+            if self.events is not None:
+                self.events.message("warning", f"{name}: finishing this epoch, then checkpoint and stop "
+                                               "(press Ctrl-C again to stop at once)")
+            return
+        if self.events is not None:
+            reason = f"second {name}: stopped at once, without a final checkpoint"
+            self.events.emit("end", status="interrupted", reason=reason,
+                             epoch=self.events.status["epoch"],
+                             agent_steps=self.events.status["agent_steps"], metrics={})
+            self.events.update_status(status="interrupted", reason=reason)
+        os._exit(EXIT_INTERRUPTED)
+
+    def execute(self) -> int:
+        """Train to the end (or a signal or a failure); return the exit code."""
+        import torch
+
+        from trainer import envs as envs_module
+        from trainer.profiler import Profiler, Utilization
+        from trainer.train import LOSS_KEYS, Diverged, Trainer, select_device
+
+        resume_from = self.prepare()
+        config, run_dir = self.config, self.run_dir
+        train_cfg, logger_cfg = config["train"], config["logger"]
+        device = select_device(train_cfg["device"])
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is available (use auto or cpu)")
+        if train_cfg["cuda_launch_blocking"]:
+            os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
+        torch.set_num_threads(train_cfg["cpu_threads"] or os.cpu_count() or 1)
+
+        events = self.events = EventWriter(run_dir, config, to_stdout=self.events_stdout)
+        events.update_status(status="running")
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        trainer = None
+        try:
+            profiler = Profiler(window=logger_cfg["sps_window"])
+            try:
+                trainer = Trainer(config, device, profiler)
+            except envs_module.EnvError as error:
+                raise ConfigError(f"env.name={config['env']['name']!r}: {error}") from None
+            exact = True
+            if resume_from is not None:
+                exact = trainer.load_state_dict(checkpoint.load(resume_from))
+                if not exact:
+                    events.message("warning", "this env could not be saved: resumed with fresh episodes "
+                                              "(weights, optimizer and RNG restored)")
+            return self._loop(trainer, profiler, Utilization(device.type), LOSS_KEYS)
+        except Diverged as error:
+            reason = f"{error} (try a lower train.learning_rate); last good checkpoint kept"
+            self._end(trainer, "failed", reason, self.final_metrics)
+            return EXIT_FAILED
+        except ConfigError:
+            events.update_status(status="failed", reason="bad config")
+            raise
+        except Exception as error:  # noqa: BLE001 - a crash still ends the stream
+            traceback.print_exc(file=sys.stderr)
+            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            self._end(trainer, "failed", reason, self.final_metrics)
+            return EXIT_FAILED
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if trainer is not None:
+                trainer.close()
+            events.close()
+
+    def _loop(self, trainer, profiler, utilization, loss_keys) -> int:
+        config, events = self.config, self.events
+        total_steps = config["train"]["total_timesteps"]
+        interval = config["train"]["checkpoint_interval"]
+        progress_interval = config["logger"]["progress_interval"]
+        events.emit("start", config=config, git=git_provenance(self.run_dir), host=socket.gethostname(),
+                    device=str(trainer.device), params=trainer.policy_params, total_steps=total_steps,
+                    resumed=self.resume, epoch=trainer.epoch, agent_steps=trainer.agent_steps)
+        events.update_status(epoch=trainer.epoch, agent_steps=trainer.agent_steps)
+        profiler.mark(trainer.epoch, trainer.agent_steps)
+        window, last_env, losses = Window(), {}, {key: None for key in loss_keys}
+        last_progress = time.perf_counter()
+        while trainer.agent_steps < total_steps:
+            window.add(trainer.evaluate())
+            losses = trainer.train()
+            profiler.mark(trainer.epoch, trainer.agent_steps)
+            done = trainer.agent_steps >= total_steps
+            now = time.perf_counter()
+            if done or self.stop_signal or now - last_progress >= progress_interval:
+                last_progress = now
+                env = window.read()
+                last_env = env or last_env
+                self.final_metrics = {"losses": losses, "env": last_env}
+                self._progress(trainer, profiler, utilization, losses, env)
+            if interval and trainer.epoch % interval == 0 and not done and not self.stop_signal:
+                self._checkpoint(trainer)
+            if self.stop_signal:
+                self._checkpoint(trainer)
+                self._end(trainer, "interrupted", f"stopped by {self.stop_signal}",
+                          {"losses": losses, "env": last_env})
+                return EXIT_INTERRUPTED
+        self._checkpoint(trainer)
+        self._end(trainer, "completed", None, {"losses": losses, "env": last_env})
+        return EXIT_COMPLETED
+
+    def _progress(self, trainer, profiler, utilization, losses: dict, env: dict) -> None:
+        sps = profiler.sps()
+        total = self.config["train"]["total_timesteps"]
+        remaining = max(total - trainer.agent_steps, 0)
+        self.events.emit(
+            "progress", epoch=trainer.epoch, agent_steps=trainer.agent_steps, total_steps=total,
+            sps=sps, uptime=profiler.uptime(), eta=remaining / sps if sps > 0 else None,
+            perf=profiler.perf(), losses=losses, env=env, util=utilization.read())
+        self.events.update_status(epoch=trainer.epoch, agent_steps=trainer.agent_steps)
+
+    def _checkpoint(self, trainer) -> None:
+        path = checkpoint.save(self.run_dir, trainer.epoch, trainer.state_dict(),
+                               keep=self.config["train"]["keep_checkpoints"])
+        if trainer.envs_unsaved and not self.warned_envs:
+            self.warned_envs = True
+            self.events.message("warning", f"checkpoints cannot hold this env's state ({trainer.envs_unsaved}); "
+                                           "a resume restarts its episodes")
+        self.events.emit("checkpoint", path=str(path), epoch=trainer.epoch, agent_steps=trainer.agent_steps)
+
+    def _end(self, trainer, status: str, reason: str | None, metrics: dict) -> None:
+        epoch = trainer.epoch if trainer is not None else self.events.status["epoch"]
+        steps = trainer.agent_steps if trainer is not None else self.events.status["agent_steps"]
+        if reason and status == "failed":
+            self.events.message("error", reason)
+        self.events.emit("end", status=status, reason=reason, epoch=epoch, agent_steps=steps, metrics=metrics)
+        self.events.update_status(status=status, reason=reason, epoch=epoch, agent_steps=steps)
+
+
+def run(config: dict, run_dir: Path, resume: bool = False, events_stdout: bool = False) -> int:
+    """Train `config` in `run_dir`; return the exit code (0 completed, 1 failed, 130 interrupted).
+    Raises ConfigError or RunError for bad input (exit 2)."""
+    return Run(config, run_dir, resume, events_stdout).execute()
