@@ -12,8 +12,8 @@ from puffctl.errors import PuffctlError
 
 app = typer.Typer(
     name="puffctl",
-    help="Experiment orchestrator for RL research: boxes, dev containers, the advantage "
-    "extension, training profiles with a live profiling table, and ablation batches.",
+    help="Experiment orchestrator for RL research: GPU boxes and their dev containers, the "
+    "advantage extension, training profiles with a live profiling table, and a run store.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
