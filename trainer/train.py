@@ -82,6 +82,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.policy, train_cfg)
         self.action_space = self.envs.single_action_space
         action_shape, action_dtype = self._action_layout()
+        self.box_actions = action_dtype == torch.float32
         self.experience = Experience(
             self.segments, self.horizon, self.envs.obs_size, action_shape, action_dtype,
             policy_cfg["lstm_hidden_size"] if policy_cfg["lstm"] else None, self.device)
@@ -108,10 +109,8 @@ class Trainer:
 
     def _env_actions(self, actions: torch.Tensor) -> np.ndarray:
         """Actions as the env takes them (Box: reshaped and clipped to its bounds)."""
-        from gymnasium import spaces
-
         actions = actions.cpu().numpy()
-        if isinstance(self.action_space, spaces.Box):
+        if self.box_actions:
             actions = np.clip(actions.reshape(-1, *self.action_space.shape),
                               self.action_space.low, self.action_space.high)
         return actions
