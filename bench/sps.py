@@ -35,13 +35,13 @@ SHAPES = [(1024, 64, 16384), (2048, 64, 32768), (4096, 64, 65536)]
 
 
 def measure(policy: str, num_envs: int, horizon: int, minibatch: int, seconds: float, device: str,
-            threads: int, timing: bool = True) -> dict:
+            threads: int, precision: str, timing: bool = True) -> dict:
     """Run the loop for about `seconds` after two warm-up epochs; SPS over whole epochs."""
     config = config_module.resolve({
         "env": {"name": "gym:CartPole-v1", "num_envs": num_envs},
         "policy": POLICIES[policy],
         "train": {"bptt_horizon": horizon, "minibatch_size": minibatch, "total_timesteps": 10**9,
-                  "cpu_threads": threads},
+                  "cpu_threads": threads, "precision": precision},
     })
     torch.set_num_threads(threads)
     profiler = Profiler(window=1e9, timing=timing)
@@ -57,7 +57,7 @@ def measure(policy: str, num_envs: int, horizon: int, minibatch: int, seconds: f
         trainer.train()
         profiler.mark(trainer.epoch, trainer.agent_steps)
     result = {"policy": policy, "num_envs": num_envs, "horizon": horizon, "batch": num_envs * horizon,
-              "minibatch": minibatch, "threads": threads, "device": str(trainer.device),
+              "minibatch": minibatch, "threads": threads, "precision": precision, "device": str(trainer.device),
               "sps": profiler.sps(), "epochs": trainer.epoch - 2, "perf": profiler.perf() if timing else None}
     trainer.close()
     return result
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--policies", default="mlp,lstm")
+    parser.add_argument("--precisions", default="float32,bfloat16", help="train.precision values to run")
     parser.add_argument("--shapes", default=None, help="e.g. 1024x64x16384,4096x64x65536")
     parser.add_argument("--no-overhead", action="store_true", help="skip the profiler-cost measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sps.json")
@@ -77,13 +78,15 @@ def main() -> None:
     console = Console()
     results = []
     for policy in args.policies.split(","):
-        for num_envs, horizon, minibatch in shapes:
-            result = measure(policy, num_envs, horizon, minibatch, args.seconds, args.device, args.threads)
-            console.print(f"{policy} {num_envs}x{horizon} mb {minibatch}: {result['sps']:,.0f} steps/s")
-            results.append(result)
+        for precision in args.precisions.split(","):
+            for num_envs, horizon, minibatch in shapes:
+                result = measure(policy, num_envs, horizon, minibatch, args.seconds, args.device, args.threads,
+                                 precision)
+                console.print(f"{policy} {precision} {num_envs}x{horizon} mb {minibatch}: {result['sps']:,.0f} steps/s")
+                results.append(result)
 
     table = Table(title=f"steps/s on CartPole-v1 ({results[0]['device']}, {args.threads} torch thread(s))")
-    for column in ("policy", "envs x horizon", "minibatch", "SPS", "eval fwd", "env", "eval copy",
+    for column in ("policy", "precision", "envs x horizon", "minibatch", "SPS", "eval fwd", "env", "eval copy",
                    "eval misc", "train fwd", "learn", "train copy", "train misc"):
         table.add_column(column, justify="right")
     for r in results:
@@ -93,7 +96,7 @@ def main() -> None:
         def pct(phase: str, node: str) -> str:
             return f"{100 * perf[phase][node] / epoch:.0f}%"
 
-        table.add_row(r["policy"], f"{r['num_envs']}x{r['horizon']}", str(r["minibatch"]), f"{r['sps']:,.0f}",
+        table.add_row(r["policy"], r["precision"], f"{r['num_envs']}x{r['horizon']}", str(r["minibatch"]), f"{r['sps']:,.0f}",
                       pct("evaluate", "forward"), pct("evaluate", "env"), pct("evaluate", "copy"),
                       pct("evaluate", "misc"), pct("train", "forward"), pct("train", "learn"),
                       pct("train", "copy"), pct("train", "misc"))
@@ -104,8 +107,10 @@ def main() -> None:
         num_envs, horizon, minibatch = shapes[0]
         pairs = []
         for _ in range(3):  # alternate to spread machine noise over both
-            on = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, args.threads, True)
-            off = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, args.threads, False)
+            on = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, args.threads,
+                         "float32", True)
+            off = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, args.threads,
+                          "float32", False)
             pairs.append((on["sps"], off["sps"]))
         with_timing = sorted(p[0] for p in pairs)[1]
         without = sorted(p[1] for p in pairs)[1]

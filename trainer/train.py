@@ -74,6 +74,7 @@ class Trainer:
         self.total_epochs = math.ceil(train_cfg["total_timesteps"] / self.batch_size)
         self.reward_clip = env_cfg["reward_clip"]
         self.gamma = train_cfg["gamma"]
+        self.bfloat16 = train_cfg["precision"] == "bfloat16"
 
         self.policy = Policy(self.envs.obs_size, self.envs.single_action_space,
                              policy_cfg["hidden_size"], policy_cfg["num_layers"],
@@ -96,6 +97,10 @@ class Trainer:
         self.next_truncations = torch.zeros(self.num_envs, device=self.device)
         self.state = self.policy.initial_state(self.num_envs, self.device)
         self.envs_unsaved: str | None = None  # why the last checkpoint could not hold the envs
+
+    def precision(self) -> torch.autocast:
+        """Autocast for the policy's forward passes: bfloat16 matmuls when train.precision asks."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16)
 
     def _action_layout(self) -> tuple[tuple[int, ...], torch.dtype]:
         from gymnasium import spaces
@@ -134,7 +139,8 @@ class Trainer:
                     with profile.evaluate_copy:
                         obs = torch.from_numpy(self.next_obs).to(self.device, non_blocking=True)
                     with profile.evaluate_forward:
-                        logits, values, self.state = policy.step(obs, self.state)
+                        with self.precision():
+                            logits, values, self.state = policy.step(obs, self.state)
                         actions, logprobs = policy.actor.sample(logits)
                     with profile.evaluate_copy:
                         experience.obs[rows, t] = obs
@@ -152,7 +158,8 @@ class Trainer:
                     self._receive(result)
                     episodes.extend(result.episodes)
             with profile.evaluate_forward:
-                _, values, _ = policy.step(torch.from_numpy(self.next_obs).to(self.device), self.state)
+                with self.precision():
+                    _, values, _ = policy.step(torch.from_numpy(self.next_obs).to(self.device), self.state)
             self._store_bootstrap(rows, values)
         if not (torch.isfinite(experience.logprobs).all() and torch.isfinite(experience.values).all()):
             raise Diverged(f"non-finite policy outputs while collecting epoch {self.epoch + 1}")
@@ -170,7 +177,8 @@ class Trainer:
             truncated = torch.from_numpy(rows).to(self.device)
             final_obs = torch.from_numpy(result.final_obs[rows]).to(self.device)
             state = None if self.state is None else (self.state[0][truncated], self.state[1][truncated])
-            _, final_values, _ = self.policy.step(final_obs, state)
+            with self.precision():
+                _, final_values, _ = self.policy.step(final_obs, state)
             rewards[truncated] += self.gamma * final_values
         self.next_obs = result.obs
         self.next_rewards = rewards
@@ -215,7 +223,8 @@ class Trainer:
                     if policy.recurrent:
                         state = (experience.lstm_h[idx], experience.lstm_c[idx])
                 with profile.train_forward:
-                    logits, new_values = policy.sequence(obs, state)
+                    with self.precision():
+                        logits, new_values = policy.sequence(obs, state)
                     new_logprobs, entropy = policy.actor.evaluate(logits, actions)
                 with profile.train_learn:
                     logratio = new_logprobs - old_logprobs

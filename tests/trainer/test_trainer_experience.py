@@ -84,10 +84,11 @@ def test_truncated_episodes_are_bootstrapped_with_the_value_of_their_final_obs()
 
 
 @pytest.mark.parametrize("lstm", [False, True])
-def test_first_minibatch_reproduces_the_behaviour_logprobs(lstm):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_first_minibatch_reproduces_the_behaviour_logprobs(lstm, precision):
     trainer = make({"env": {"name": "puffer:memory", "num_envs": 8},
                     "policy": {"lstm": lstm, "hidden_size": 16, "lstm_hidden_size": 16},
-                    "train": {"bptt_horizon": 16, "minibatch_size": 128}})
+                    "train": {"bptt_horizon": 16, "minibatch_size": 128, "precision": precision}})
     trainer.evaluate()
     stats = trainer.train()
     assert stats["importance"] == pytest.approx(1.0, abs=1e-5)
