@@ -4,13 +4,14 @@ Random actions (drawn before timing), no policy. Rows: gymnasium's CartPoleVecto
 directly (its next-step autoreset, no adapter), our adapter around it (same-step conversion,
 episode tracking), the built-in envs, and a sync-vectorized gymnasium env for scale.
 
-    python -m bench.envs [--sizes 256 1024 4096] [--seconds 1.0] [--out bench/results/envs.json]
+    python -m bench.envs [--sizes 256 1024 4096] [--seconds 0.5] [--rounds 5] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from trainer.envs import make
@@ -41,75 +43,80 @@ def time_steps(step: Callable[[np.ndarray], object], actions: list[np.ndarray], 
             return calls, elapsed
 
 
-def bench_raw_cartpole(num_envs: int, seconds: float, rng: np.random.Generator) -> tuple[int, float]:
+class Case:
+    """One row: a stepping function over pre-drawn action batches, built once, timed in rounds."""
+
+    def __init__(self, label: str, num_envs: int, env: object, step: Callable[[np.ndarray], object], n_actions: int) -> None:
+        self.label, self.num_envs, self.env, self.step = label, num_envs, env, step
+        rng = np.random.default_rng(0)
+        self.actions = [rng.integers(n_actions, size=num_envs) for _ in range(ACTION_BANK)]
+        self.best_us = float("inf")
+
+
+def raw_cartpole(num_envs: int) -> Case:
     env = gymnasium.make_vec("CartPole-v1", num_envs, vectorization_mode="vector_entry_point")
     env.reset(seed=0)
-    actions = [rng.integers(2, size=num_envs) for _ in range(ACTION_BANK)]
-    result = time_steps(env.step, actions, seconds)
-    env.close()
-    return result
+    return Case("gymnasium CartPoleVectorEnv (raw)", num_envs, env, env.step, 2)
 
 
-def bench_ours(name: str, kwargs: dict, num_envs: int, seconds: float, rng: np.random.Generator) -> tuple[int, float]:
-    with make(name, num_envs, seed=0, **kwargs) as env:
-        env.reset()
-        actions = [rng.integers(env.single_action_space.n, size=num_envs) for _ in range(ACTION_BANK)]
-        return time_steps(env.step, actions, seconds)
+def ours(name: str, num_envs: int, label: str | None = None) -> Case:
+    env = make(name, num_envs, seed=0)
+    env.reset()
+    return Case(label or name, num_envs, env, env.step, env.single_action_space.n)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096], help="num_envs values")
-    parser.add_argument("--seconds", type=float, default=1.0, help="timing window per row")
+    parser.add_argument("--seconds", type=float, default=0.5, help="timing window per row and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over all rows; each row reports its best")
     parser.add_argument("--sync-size", type=int, default=64, help="num_envs of the sync-vectorized row")
     parser.add_argument("--out", type=Path, default=Path("bench/results/envs.json"), help="JSON output path")
     args = parser.parse_args()
 
-    rng = np.random.default_rng(0)
-    cases: list[tuple[str, int, Callable[[], tuple[int, float]]]] = []
+    cases: list[Case] = []
     for n in args.sizes:
-        cases.append(("gymnasium CartPoleVectorEnv (raw)", n, lambda n=n: bench_raw_cartpole(n, args.seconds, rng)))
-        cases.append(("gym:CartPole-v1", n, lambda n=n: bench_ours("gym:CartPole-v1", {}, n, args.seconds, rng)))
-        cases.append(("puffer:memory", n, lambda n=n: bench_ours("puffer:memory", {}, n, args.seconds, rng)))
-        cases.append(("puffer:maze", n, lambda n=n: bench_ours("puffer:maze", {}, n, args.seconds, rng)))
-    cases.append(
-        ("gym:Acrobot-v1 (sync)", args.sync_size, lambda: bench_ours("gym:Acrobot-v1", {}, args.sync_size, args.seconds, rng))
-    )
+        cases += [raw_cartpole(n), ours("gym:CartPole-v1", n), ours("puffer:memory", n), ours("puffer:maze", n)]
+    cases.append(ours("gym:Acrobot-v1", args.sync_size, "gym:Acrobot-v1 (sync)"))
 
     console = Console(width=120)
-    rows = []
-    with console.status("timing envs...") as status:
-        for label, num_envs, run in cases:
-            status.update(f"timing {label} x {num_envs}...")
-            calls, elapsed = run()
-            rows.append(
-                {
-                    "env": label,
-                    "num_envs": num_envs,
-                    "agent_steps_per_s": calls * num_envs / elapsed,
-                    "us_per_step_call": elapsed / calls * 1e6,
-                    "ns_per_agent_step": elapsed / (calls * num_envs) * 1e9,
-                }
-            )
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("timing envs", total=args.rounds * len(cases))
+        for _ in range(args.rounds):  # rounds interleave the rows, so a busy moment hits them all alike
+            for case in cases:
+                calls, elapsed = time_steps(case.step, case.actions, args.seconds)
+                case.best_us = min(case.best_us, elapsed / calls * 1e6)
+                progress.advance(task)
 
-    raw = {row["num_envs"]: row["us_per_step_call"] for row in rows if "(raw)" in row["env"]}
-    table = Table(title="env steps/s (random actions, no policy, 1 process)")
+    rows = []
+    raw = {case.num_envs: case.best_us for case in cases if "(raw)" in case.label}
+    table = Table(title=f"env steps/s (random actions, no policy, 1 process; best of {args.rounds} rounds)")
     for column in ("env", "num_envs", "agent steps/s", "us / step()", "ns / agent step", "vs raw CartPole"):
         table.add_column(column, justify="left" if column == "env" else "right", no_wrap=True)
-    for row in rows:
+    for case in cases:
+        row = {
+            "env": case.label,
+            "num_envs": case.num_envs,
+            "agent_steps_per_s": case.num_envs / case.best_us * 1e6,
+            "us_per_step_call": case.best_us,
+            "ns_per_agent_step": case.best_us / case.num_envs * 1e3,
+        }
         relative = ""
-        if row["env"] == "gym:CartPole-v1":
-            row["overhead_vs_raw_us"] = row["us_per_step_call"] - raw[row["num_envs"]]
+        if case.label == "gym:CartPole-v1":
+            row["overhead_vs_raw_us"] = case.best_us - raw[case.num_envs]
             relative = f"{row['overhead_vs_raw_us']:+.1f} us"
+        rows.append(row)
         table.add_row(
-            row["env"],
-            str(row["num_envs"]),
+            case.label,
+            str(case.num_envs),
             f"{row['agent_steps_per_s'] / 1e6:.2f}M",
             f"{row['us_per_step_call']:.1f}",
             f"{row['ns_per_agent_step']:.1f}",
             relative,
         )
+        case.env.close()
     console.print(table)
+    console.print(f"cpu cores: {os.cpu_count()}, load average (1 min): {os.getloadavg()[0]:.2f}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -118,6 +125,9 @@ def main() -> None:
         "numpy": np.__version__,
         "gymnasium": gymnasium.__version__,
         "seconds_per_row": args.seconds,
+        "rounds": args.rounds,
+        "statistic": "best round",
+        "load_average_1m_at_end": os.getloadavg()[0],
         "rows": rows,
     }
     args.out.write_text(json.dumps(report, indent=2))

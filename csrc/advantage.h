@@ -47,37 +47,47 @@ struct Problem {
     float* out_pg;   // V-trace policy advantages; null otherwise
 };
 
+// A float broadcast to T: T is float (CUDA, scalar code) or a CPU SIMD vector of floats.
+template <class T>
+PUFF_HD T fill(float x) {
+    return T{} + x;
+}
+
 // min(w, clip) that keeps a NaN ratio NaN (torch.clamp does the same), so a bad row shows.
-PUFF_HD float clip_ratio(float w, float clip) { return w > clip ? clip : w; }
+template <class T>
+PUFF_HD T clip_ratio(T w, T clip) {
+    return w > clip ? clip : w;
+}
 
 // What column t contributes to the backward scan: carry[t] = delta + coef * carry[t+1].
+template <class T>
 struct Column {
-    float delta;
-    float coef;
-    float rho;  // kept for the V-trace policy advantage
-    float nd;
+    T delta;
+    T coef;
+    T rho;  // kept for the V-trace policy advantage
+    T nd;
 };
 
-template <Estimator E>
-PUFF_HD Column column(float value, float w, float next_reward, float next_value, float next_done,
-                      const Params& p) {
-    Column col;
-    col.nd = 1.0f - next_done;
-    float c = 1.0f;
-    col.rho = 1.0f;
+template <Estimator E, class T>
+PUFF_HD Column<T> column(T value, T w, T next_reward, T next_value, T next_done, const Params& p) {
+    Column<T> col;
+    const T one = fill<T>(1.0f);
+    col.nd = one - next_done;
+    T c = one;
+    col.rho = one;
     if (E != Estimator::GAE) {
-        col.rho = clip_ratio(w, p.rho_clip);
-        c = clip_ratio(w, p.c_clip);
+        col.rho = clip_ratio(w, fill<T>(p.rho_clip));
+        c = clip_ratio(w, fill<T>(p.c_clip));
     }
     col.delta = col.rho * (next_reward + p.gamma * next_value * col.nd - value);
     const float trace = (E == Estimator::VTRACE) ? 1.0f : p.lambda;
-    col.coef = p.gamma * trace * c * col.nd;
+    col.coef = (p.gamma * trace) * c * col.nd;
     return col;
 }
 
 // V-trace policy advantage pg[t] = rho[t] * (rewards[t+1] + gamma * nd[t] * vs[t+1] - values[t]).
-PUFF_HD float vtrace_pg(const Column& col, float value, float next_reward, float next_vs,
-                        const Params& p) {
+template <class T>
+PUFF_HD T vtrace_pg(const Column<T>& col, T value, T next_reward, T next_vs, const Params& p) {
     return col.rho * (next_reward + p.gamma * col.nd * next_vs - value);
 }
 
@@ -111,7 +121,8 @@ PUFF_HD void scan_row(const Problem& pb, int64_t row) {
         const float next_reward = last ? pb.bootstrap_rewards[row] : r[t + 1];
         const float next_value = last ? pb.bootstrap_values[row] : v[t + 1];
         const float next_done = last ? pb.bootstrap_dones[row] : d[t + 1];
-        const Column col = column<E>(v[t], w ? w[t] : 1.0f, next_reward, next_value, next_done, pb.params);
+        const Column<float> col =
+            column<E, float>(v[t], w ? w[t] : 1.0f, next_reward, next_value, next_done, pb.params);
         carry = col.delta + col.coef * carry;
         if (E == Estimator::VTRACE) {
             pg[t] = vtrace_pg(col, v[t], next_reward, next_vs, pb.params);
@@ -123,8 +134,10 @@ PUFF_HD void scan_row(const Problem& pb, int64_t row) {
     }
 }
 
-// Backends. Both expect a validated Problem; launch_cuda returns a cudaError_t as int.
+// Backends. Both expect a validated Problem; launch_cuda returns a cudaError_t as int, which
+// cuda_error_string describes (so callers need no CUDA headers).
 void run_cpu(const Problem& pb);
 int launch_cuda(const Problem& pb, void* stream);
+const char* cuda_error_string(int error);
 
 }  // namespace puff

@@ -26,4 +26,6 @@ int launch_cuda(const Problem& pb, void* stream) {
     return static_cast<int>(cudaGetLastError());
 }
 
+const char* cuda_error_string(int error) { return cudaGetErrorString(static_cast<cudaError_t>(error)); }
+
 }  // namespace puff

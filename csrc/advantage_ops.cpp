@@ -4,13 +4,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/library.h>
-
-#ifdef PUFFCTL_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime.h>
-#endif
 
 #include <optional>
 #include <vector>
@@ -102,10 +98,12 @@ Call prepare(const char* op, Estimator estimator, const at::Tensor& values, cons
 void run(Call& call, const at::Tensor& values) {
     if (values.is_cuda()) {
 #ifdef PUFFCTL_WITH_CUDA
-        const c10::cuda::CUDAGuard guard(values.device());
-        const int err = launch_cuda(call.pb, c10::cuda::getCurrentCUDAStream().stream());
-        TORCH_CHECK(err == 0, "puffctl.", call.op, ": CUDA launch failed: ",
-                    cudaGetErrorString(static_cast<cudaError_t>(err)));
+        // Device-generic guard and stream: this file needs no CUDA headers, so it compiles (and is
+        // tested) against CPU builds of torch too.
+        const c10::DeviceGuard guard(values.device());
+        void* stream = c10::impl::VirtualGuardImpl(values.device().type()).getStream(values.device()).native_handle();
+        const int err = launch_cuda(call.pb, stream);
+        TORCH_CHECK(err == 0, "puffctl.", call.op, ": CUDA launch failed: ", cuda_error_string(err));
 #else
         TORCH_CHECK(false, "puffctl.", call.op, ": this build has no CUDA kernels (run `puffctl build`)");
 #endif

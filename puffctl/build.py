@@ -44,7 +44,7 @@ class Step:
 
 
 def nvcc_path() -> str | None:
-    """The nvcc on PATH (or under $CUDA_HOME/bin), or None."""
+    """The nvcc under $CUDA_HOME/bin, else on PATH, or None."""
     cuda_home = os.environ.get("CUDA_HOME")
     if cuda_home and (Path(cuda_home) / "bin" / "nvcc").is_file():
         return str(Path(cuda_home) / "bin" / "nvcc")
@@ -52,8 +52,12 @@ def nvcc_path() -> str | None:
 
 
 def cuda_home(nvcc: str) -> Path:
-    """The CUDA toolkit folder that holds `nvcc`'s headers and runtime library."""
-    return Path(os.path.realpath(nvcc)).parent.parent
+    """The CUDA toolkit folder with the runtime library: $CUDA_HOME, nvcc's own, or /usr/local/cuda."""
+    candidates = [os.environ.get("CUDA_HOME"), Path(os.path.realpath(nvcc)).parent.parent, "/usr/local/cuda"]
+    for candidate in filter(None, candidates):
+        if list((Path(candidate) / "lib64").glob("libcudart.so*")):
+            return Path(candidate)
+    raise PuffctlError(f"no CUDA runtime library (lib64/libcudart.so) next to {nvcc}: set CUDA_HOME", exit_code=1)
 
 
 def choose_flavor(requested: str) -> str:
@@ -118,11 +122,11 @@ def plan(flavor: str, csrc: Path, out_dir: Path) -> tuple[list[Step], Step]:
     if flavor == "cuda":
         nvcc = nvcc_path()
         assert nvcc is not None, "choose_flavor guarantees nvcc for the cuda flavour"
-        home = cuda_home(nvcc)
-        ops_flags = ["-DPUFFCTL_WITH_CUDA", "-I", str(home / "include")]
+        cuda_lib = cuda_home(nvcc) / "lib64"
+        ops_flags = ["-DPUFFCTL_WITH_CUDA"]
         compiles.append(cuda_object_step(csrc, out_dir, nvcc))
         objects.append(out_dir / "advantage_cuda.o")
-        libs += ["-lc10_cuda", "-ltorch_cuda", "-L", str(home / "lib64"), "-lcudart"]
+        libs += ["-L", str(cuda_lib), "-lcudart", f"-Wl,-rpath,{cuda_lib}"]
     compiles.append(Step("c++ advantage_ops.cpp", [cxx, *cxx_flags, *ops_flags, "-c",
                                                     str(csrc / "advantage_ops.cpp"), "-o", str(out_dir / "advantage_ops.o")]))
     from trainer.extension import LIBRARY_NAME
@@ -136,7 +140,7 @@ def error_lines(output: str) -> str:
     lines = output.splitlines()
     picked: list[str] = []
     for i, line in enumerate(lines):
-        if re.search(r"\berror\b", line, re.IGNORECASE):
+        if re.search(r"\berror\b|undefined reference|cannot find", line, re.IGNORECASE):
             picked.extend(lines[i:i + 3])
     return "\n".join((picked or lines)[:MAX_ERROR_LINES])
 

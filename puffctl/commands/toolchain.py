@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 console = Console()
 
@@ -26,11 +27,13 @@ def doctor() -> None:
     from puffctl import doctor as doctor_module
 
     checks = doctor_module.run_checks()
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in ("", "check", "detail", "hint"):
+        table.add_column(column, overflow="fold")
     for check in checks:
-        mark = "[green]ok[/]     " if check.ok else "[red]problem[/]"
-        console.print(f"{mark} [bold]{check.name}[/]: {check.detail}", highlight=False)
-        if not check.ok and check.hint:
-            console.print(f"         hint: {check.hint}", highlight=False)
+        mark = "[green]ok[/]" if check.ok else ("[red]problem[/]" if check.required else "[yellow]problem[/]")
+        table.add_row(mark, check.name, check.detail, "" if check.ok else check.hint)
+    console.print(table)
     if not all(check.ok for check in checks if check.required):
         raise typer.Exit(1)
 

@@ -37,6 +37,15 @@ def test_sub_envs_differ(name, kwargs):
     assert len({frames[:, row].tobytes() for row in range(frames.shape[1])}) == frames.shape[1]
 
 
+def test_neighbouring_run_seeds_share_no_sub_env():
+    """gymnasium's sync vectorization alone would seed sub-env i with seed + i."""
+    a = rollout("gym:Acrobot-v1", 5, {}, steps=0)
+    b = rollout("gym:Acrobot-v1", 6, {}, steps=0)
+    rows_a = {a[:, row].tobytes() for row in range(a.shape[1])}
+    rows_b = {b[:, row].tobytes() for row in range(b.shape[1])}
+    assert not rows_a & rows_b
+
+
 def test_reset_with_a_seed_replays_the_episode_start():
     with make("gym:CartPole-v1", 4, seed=0) as env:
         first = env.reset(seed=42).copy()

@@ -92,6 +92,13 @@ def test_unknown_gymnasium_id_is_an_error_naming_it():
         make("gym:NoSuchEnv-v9", 2, seed=0)
 
 
+def test_a_module_prefix_is_imported_to_register_its_envs():
+    with make("gym:gymnasium.envs.classic_control:CartPole-v1", 2, seed=0) as env:
+        assert env.obs_size == 4
+    with pytest.raises(EnvError, match="no_such_module"):
+        make("gym:no_such_module:Thing-v0", 2, seed=0)
+
+
 def test_unknown_builtin_kwarg_is_an_error_listing_the_accepted_ones():
     with pytest.raises(EnvError, match="widht.*accepts.*size"):
         make("puffer:maze", 2, seed=0, widht=3)

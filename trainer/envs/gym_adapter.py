@@ -17,12 +17,14 @@ gymnasium's with the fake transitions cut out.
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import concatenate, create_empty_array
 
@@ -49,17 +51,13 @@ class GymVecEnv(VecEnv):
     """A gymnasium vector env with same-step autoreset, flat float32 obs and our episode stats."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, **kwargs: Any) -> None:
-        try:
-            spec = gymnasium.spec(env_id)
-        except gymnasium.error.Error as error:
-            raise EnvError(f"unknown gymnasium env id {env_id!r}: {error}") from None
+        spec = _find_spec(env_id)
         self.env_id = env_id
         self.num_envs = num_envs
-        self._row_reset: RowReset | None = None
-        self.env = self._make_native(spec, num_envs, kwargs)
+        self.env, self.vectorization, self._row_reset = _make_native(spec, num_envs, kwargs)
         if self.env is None:
             self.env = _make_vec(
-                env_id,
+                spec.id,
                 num_envs,
                 vectorization_mode="sync",
                 vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP, "copy": False},
@@ -77,31 +75,19 @@ class GymVecEnv(VecEnv):
         self._episodes = EpisodeTracker(num_envs)
         self._next_seed: int | None = seed
 
-    def _make_native(self, spec: gymnasium.envs.registration.EnvSpec, num_envs: int, kwargs: dict) -> Any:
-        """The env's own vector implementation if it gives (or we can give it) same-step resets."""
-        if spec.vector_entry_point is None or spec.additional_wrappers:
-            return None
-        try:
-            env = _make_vec(spec.id, num_envs, vectorization_mode="vector_entry_point", **kwargs)
-        except EnvError:
-            return None
-        mode = env.metadata.get("autoreset_mode")
-        if mode == AutoresetMode.SAME_STEP:
-            self.vectorization = "native"
-            return env
-        if mode == AutoresetMode.NEXT_STEP and type(env.unwrapped) in ROW_RESETS:
-            self._row_reset = ROW_RESETS[type(env.unwrapped)]
-            self.vectorization = "native, next-step converted"
-            return env.unwrapped
-        env.close()
-        return None
-
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is None:
             seed, self._next_seed = self._next_seed, None
-        obs, _ = self.env.reset(seed=seed)
+        obs, _ = self.env.reset(seed=self._sub_env_seeds(seed))
         self._episodes.reset()
         return self._flat(obs)
+
+    def _sub_env_seeds(self, seed: int | None) -> int | list[int] | None:
+        """Seeds for a reset. Sync vectorization would seed sub-env i with seed + i, so runs with
+        seeds 5 and 6 would share all but one sub-env; draw independent seeds from the seed instead."""
+        if seed is None or not isinstance(self.env, SyncVectorEnv):
+            return seed
+        return np.random.SeedSequence(seed).generate_state(self.num_envs).tolist()
 
     def step(self, actions: np.ndarray) -> StepResult:
         obs, rewards, terminations, truncations, info = self.env.step(self._convert_actions(actions))
@@ -135,9 +121,7 @@ class GymVecEnv(VecEnv):
         return state
 
     def _flat(self, obs: Any) -> np.ndarray:
-        """Flat float32 [N, obs_size]; a float32 Box batch passes through without a copy."""
-        if self._flatten.is_plain_float32:
-            return np.asarray(obs).reshape(self.num_envs, self.obs_size)
+        """The batch flattened into the env's obs buffer (C-contiguous float32 [N, obs_size])."""
         return self._flatten(obs, self._obs)
 
     def _final_rows(self, info: dict, ended: np.ndarray) -> np.ndarray:
@@ -151,6 +135,39 @@ class GymVecEnv(VecEnv):
         else:
             final = _select_rows(final, ended)
         return self._flatten(final, self._scratch)
+
+
+def _find_spec(env_id: str) -> EnvSpec:
+    """The registered spec of `env_id`; "module:Env-v0" imports `module` first (third-party envs
+    register themselves on import, e.g. "gym:ale_py:ALE/Pong-v5")."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise EnvError(f"cannot import {module!r} for gymnasium env {env_id!r}: {error}") from None
+    try:
+        return gymnasium.spec(name)
+    except gymnasium.error.Error as error:
+        raise EnvError(f"unknown gymnasium env id {name!r}: {error}") from None
+
+
+def _make_native(spec: EnvSpec, num_envs: int, kwargs: dict) -> tuple[Any, str, RowReset | None]:
+    """The env's own vector implementation, if it resets on the same step or we can make it
+    (then with its row reset): (env, vectorization label, row reset); env None otherwise."""
+    if spec.vector_entry_point is None or spec.additional_wrappers:
+        return None, "", None
+    try:
+        env = _make_vec(spec.id, num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    except EnvError:
+        return None, "", None
+    mode = env.metadata.get("autoreset_mode")
+    if mode == AutoresetMode.SAME_STEP:
+        return env, "native", None
+    if mode == AutoresetMode.NEXT_STEP and type(env.unwrapped) in ROW_RESETS:
+        return env.unwrapped, "native, next-step converted", ROW_RESETS[type(env.unwrapped)]
+    env.close()
+    return None, "", None
 
 
 def _add_final_info_stats(episodes: list[dict], final_info: Any, ended: np.ndarray) -> None:

@@ -28,7 +28,6 @@ class ObsFlattener:
         self.space = space
         self._rows = np.arange(max_rows)
         self.obs_size, self._write = self._build(space, 0)
-        self.is_plain_float32 = isinstance(space, spaces.Box) and space.dtype == np.float32
 
     def __reduce__(self) -> tuple:
         """Pickle as the space (the writers are closures, rebuilt on load)."""
