@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sps.json")
     args = parser.parse_args()
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     results = []
     for policy in args.policies.split(","):
         for precision in args.precisions.split(","):
@@ -85,7 +86,8 @@ def main() -> None:
                 console.print(f"{policy} {precision} {num_envs}x{horizon} mb {minibatch}: {result['sps']:,.0f} steps/s")
                 results.append(result)
 
-    table = Table(title=f"steps/s on CartPole-v1 ({results[0]['device']}, {args.threads} torch thread(s))")
+    table = Table(title=f"steps/s on CartPole-v1 ({results[0]['device']}, {args.threads} torch thread(s), "
+                        f"load average {os.getloadavg()[0]:.2f})")
     for column in ("policy", "precision", "envs x horizon", "minibatch", "SPS", "eval fwd", "env", "eval copy",
                    "eval misc", "train fwd", "learn", "train copy", "train misc"):
         table.add_column(column, justify="right")
@@ -119,7 +121,8 @@ def main() -> None:
         console.print(f"profiler cost (mlp {num_envs}x{horizon}, median of 3 alternating pairs): "
                       f"{with_timing:,.0f} vs {without:,.0f} steps/s = {overhead['cost_percent']:.2f}%")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"results": results, "profiler_overhead": overhead}, indent=1))
+    args.out.write_text(json.dumps({"results": results, "profiler_overhead": overhead,
+                                    "load_average": os.getloadavg()}, indent=1))
     console.print(f"wrote {args.out}")
 
 

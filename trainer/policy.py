@@ -46,12 +46,14 @@ class CategoricalHead(nn.Module):
 
     def sample(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """(actions, logprobs). Actions [N] for Discrete, [N, k] for MultiDiscrete (int64).
-        Gumbel-max sampling: never raises on non-finite logits (they show up as NaN logprobs)."""
+        Exponential race (Gumbel-max): argmax p_i / E_i with E_i ~ Exp(1) samples i with
+        probability p_i in a few ops, and never raises on non-finite logits (they surface as NaN
+        logprobs, which the trainer reports as divergence)."""
         actions, logprobs = [], []
         for part in self._split(logits):
             log_p = torch.log_softmax(part, dim=-1)
-            gumbel = -torch.log(-torch.log(torch.rand_like(log_p)))
-            action = torch.argmax(log_p + gumbel, dim=-1, keepdim=True)
+            race = torch.empty_like(log_p).exponential_()
+            action = torch.argmax(log_p.exp() / race, dim=-1, keepdim=True)
             actions.append(action.squeeze(-1))
             logprobs.append(log_p.gather(-1, action).squeeze(-1))
         if self.uniform:

@@ -8,6 +8,7 @@ checkpoints, signals and failure handling.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -98,9 +99,11 @@ class Trainer:
         self.state = self.policy.initial_state(self.num_envs, self.device)
         self.envs_unsaved: str | None = None  # why the last checkpoint could not hold the envs
 
-    def precision(self) -> torch.autocast:
+    def precision(self) -> contextlib.AbstractContextManager:
         """Autocast for the policy's forward passes: bfloat16 matmuls when train.precision asks."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16)
+        if self.bfloat16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _action_layout(self) -> tuple[tuple[int, ...], torch.dtype]:
         from gymnasium import spaces
