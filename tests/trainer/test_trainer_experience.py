@@ -142,3 +142,14 @@ def test_same_seed_same_losses_different_seed_different():
     assert first == second
     other = losses({**overrides, "train": {**overrides["train"], "seed": 8}})
     assert other != first
+
+
+def test_box_actions_train_end_to_end_on_pendulum():
+    trainer = make({"env": {"name": "gym:Pendulum-v1", "num_envs": 8}, "policy": {"hidden_size": 16},
+                    "train": {"bptt_horizon": 16, "batch_size": 8 * 16 * 13, "minibatch_size": 128}})
+    trainer.evaluate()  # 208 steps per env: every episode (200 steps) is truncated once
+    exp = trainer.experience
+    assert exp.actions.dtype == torch.float32 and exp.actions.shape == (8 * 13, 16, 1)
+    assert int(exp.truncations.sum()) == 8 and int(exp.terminations.sum()) == 0
+    stats = trainer.train()
+    assert all(np.isfinite(stats[key]) for key in ("policy_loss", "value_loss", "entropy"))
