@@ -174,3 +174,19 @@ def test_divergence_fails_the_run_and_keeps_the_last_checkpoint(tmp_path):
     assert last["epoch"] == checkpoints[-1]["epoch"] <= end["epoch"]
     assert all(torch.isfinite(v).all() for v in last["policy"].values())
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [Path(checkpoints[-1]["path"]).name]
+
+
+def test_a_second_sigint_stops_at_once(tmp_path):
+    run_dir = tmp_path / "twice"
+    # big epochs (16 envs x 16 steps x 64 rows) so the second signal lands inside the first's epoch
+    config = write_config(tmp_path, {"train": {"total_timesteps": 10**8, "batch_size": 16 * 16 * 64,
+                                               "checkpoint_interval": 0}})
+    process = subprocess.Popen(trainer_cmd(config, run_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: (run_dir / "events.jsonl").is_file() and '"start"' in (run_dir / "events.jsonl").read_text())
+    process.send_signal(signal.SIGINT)
+    wait_for(lambda: '"message"' in (run_dir / "events.jsonl").read_text())
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 130
+    end = read_events(run_dir)[-1]
+    assert end["type"] == "end" and end["status"] == "interrupted"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
