@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,16 +53,30 @@ def measure(policy: str, num_envs: int, horizon: int, minibatch: int, seconds: f
         trainer.train()
     profiler.snapshots.clear()
     profiler.mark(trainer.epoch, trainer.agent_steps)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         trainer.evaluate()
         trainer.train()
         profiler.mark(trainer.epoch, trainer.agent_steps)
+    cpu_seconds = time.process_time() - cpu_start
     result = {"policy": policy, "num_envs": num_envs, "horizon": horizon, "batch": num_envs * horizon,
               "minibatch": minibatch, "threads": threads, "precision": precision, "device": str(trainer.device),
-              "sps": profiler.sps(), "epochs": trainer.epoch - 2, "perf": profiler.perf() if timing else None}
+              "sps": profiler.sps(), "cpu_sps": (trainer.agent_steps - 2 * trainer.batch_size) / cpu_seconds,
+              "epochs": trainer.epoch - 2, "perf": profiler.perf() if timing else None}
     trainer.close()
     return result
+
+
+def timer_cost_ns() -> float:
+    """What one `with timer:` block costs, in nanoseconds (the profiler's whole per-use price)."""
+    from trainer.profiler import Timer
+
+    timer, n = Timer(), 200_000
+    start = time.perf_counter()
+    for _ in range(n):
+        with timer:
+            pass
+    return (time.perf_counter() - start) / n * 1e9
 
 
 def main() -> None:
@@ -88,7 +103,7 @@ def main() -> None:
 
     table = Table(title=f"steps/s on CartPole-v1 ({results[0]['device']}, {args.threads} torch thread(s), "
                         f"load average {os.getloadavg()[0]:.2f})")
-    for column in ("policy", "precision", "envs x horizon", "minibatch", "SPS", "eval fwd", "env", "eval copy",
+    for column in ("policy", "precision", "envs x horizon", "minibatch", "SPS", "steps/CPU-s", "eval fwd", "env", "eval copy",
                    "eval misc", "train fwd", "learn", "train copy", "train misc"):
         table.add_column(column, justify="right")
     for r in results:
@@ -98,7 +113,7 @@ def main() -> None:
         def pct(phase: str, node: str) -> str:
             return f"{100 * perf[phase][node] / epoch:.0f}%"
 
-        table.add_row(r["policy"], r["precision"], f"{r['num_envs']}x{r['horizon']}", str(r["minibatch"]), f"{r['sps']:,.0f}",
+        table.add_row(r["policy"], r["precision"], f"{r['num_envs']}x{r['horizon']}", str(r["minibatch"]), f"{r['sps']:,.0f}", f"{r['cpu_sps']:,.0f}",
                       pct("evaluate", "forward"), pct("evaluate", "env"), pct("evaluate", "copy"),
                       pct("evaluate", "misc"), pct("train", "forward"), pct("train", "learn"),
                       pct("train", "copy"), pct("train", "misc"))
@@ -108,18 +123,26 @@ def main() -> None:
     if not args.no_overhead:
         num_envs, horizon, minibatch = shapes[0]
         pairs = []
-        for _ in range(3):  # alternate to spread machine noise over both
+        for _ in range(5):  # alternate to spread machine noise over both
             on = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, args.threads,
                          "float32", True)
             off = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, args.threads,
                           "float32", False)
-            pairs.append((on["sps"], off["sps"]))
-        with_timing = sorted(p[0] for p in pairs)[1]
-        without = sorted(p[1] for p in pairs)[1]
-        overhead = {"sps_with_profiler": with_timing, "sps_without": without,
-                    "cost_percent": 100 * (without - with_timing) / without}
-        console.print(f"profiler cost (mlp {num_envs}x{horizon}, median of 3 alternating pairs): "
-                      f"{with_timing:,.0f} vs {without:,.0f} steps/s = {overhead['cost_percent']:.2f}%")
+            pairs.append((on["cpu_sps"], off["cpu_sps"]))
+        with_timing = statistics.median(p[0] for p in pairs)
+        without = statistics.median(p[1] for p in pairs)
+        # analytic: 4 timed blocks per env step, 4 per minibatch, against the measured step time
+        block_ns = timer_cost_ns()
+        steps_per_epoch, minibatches = horizon * 1, num_envs * horizon // minibatch
+        epoch_seconds = num_envs * horizon / with_timing
+        analytic = 100 * (4 * steps_per_epoch + 4 * minibatches + 4) * block_ns * 1e-9 / epoch_seconds
+        overhead = {"cpu_sps_with_profiler": with_timing, "cpu_sps_without": without, "pairs": pairs,
+                    "cost_percent": 100 * (without - with_timing) / without,
+                    "timer_block_ns": block_ns, "analytic_cost_percent": analytic}
+        console.print(f"profiler cost (mlp {num_envs}x{horizon}, steps per CPU-second, median of 5 alternating "
+                      f"pairs): {with_timing:,.0f} with vs {without:,.0f} without = {overhead['cost_percent']:.2f}% "
+                      f"(machine noise is larger); analytic: {block_ns:.0f} ns per timed block = "
+                      f"{analytic:.3f}% of an epoch")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "profiler_overhead": overhead,
                                     "load_average": os.getloadavg()}, indent=1))
