@@ -153,3 +153,17 @@ def test_box_actions_train_end_to_end_on_pendulum():
     assert int(exp.truncations.sum()) == 8 and int(exp.terminations.sum()) == 0
     stats = trainer.train()
     assert all(np.isfinite(stats[key]) for key in ("policy_loss", "value_loss", "entropy"))
+
+
+@pytest.mark.parametrize("estimator", ["puff", "gae", "vtrace"])
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_every_estimator_and_optimizer_trains(estimator, optimizer):
+    trainer = make({"env": {"name": "gym:CartPole-v1", "num_envs": 8},
+                    "train": {"bptt_horizon": 8, "minibatch_size": 32, "advantage": estimator,
+                              "norm_adv": estimator != "vtrace", "optimizer": optimizer}})
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    for _ in range(2):
+        trainer.evaluate()
+        stats = trainer.train()
+    assert all(np.isfinite(stats[key]) for key in ("policy_loss", "value_loss", "entropy", "approx_kl"))
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
