@@ -2,8 +2,8 @@
 
 `Trainer.evaluate` fills the segment buffer (one row = `horizon` consecutive steps of one
 agent); `Trainer.train` runs the minibatch updates, writing each minibatch's fresh importance
-ratios back so later minibatches' advantages use them. `run` is the loop around them: events,
-checkpoints, signals and failure handling.
+ratios back so later minibatches' advantages use them. trainer/run.py drives them epoch by
+epoch with events, checkpoints, signals and failure handling.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from trainer.experience import Experience
 from trainer.optim import learning_rate, make_optimizer
 from trainer.policy import Policy
 from trainer.profiler import Profiler
+
 
 class Diverged(RuntimeError):
     """Training produced non-finite numbers (losses, weights or policy outputs)."""

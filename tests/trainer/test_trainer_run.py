@@ -2,7 +2,6 @@
 SIGINT -> interrupted, SIGKILL -> exact resume, divergence -> failed, bad input -> exit 2."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
