@@ -165,8 +165,8 @@ class Run:
             reason = f"{error} (try a lower train.learning_rate); last good checkpoint kept"
             self._end(trainer, "failed", reason, self.final_metrics)
             return EXIT_FAILED
-        except ConfigError:
-            events.update_status(status="failed", reason="bad config")
+        except ConfigError as error:
+            events.update_status(status="failed", reason=str(error))
             raise
         except Exception as error:  # noqa: BLE001 - a crash still ends the stream
             traceback.print_exc(file=sys.stderr)
