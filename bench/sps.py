@@ -83,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per configuration")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", default="1,2", help="torch CPU thread counts to run (train.cpu_threads)")
     parser.add_argument("--policies", default="mlp,lstm")
     parser.add_argument("--precisions", default="float32,bfloat16", help="train.precision values to run")
     parser.add_argument("--shapes", default=None, help="e.g. 1024x64x16384,4096x64x65536")
@@ -93,17 +93,19 @@ def main() -> None:
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     console = Console(width=max(Console().width, 150))
     results = []
-    for policy in args.policies.split(","):
-        for precision in args.precisions.split(","):
-            for num_envs, horizon, minibatch in shapes:
-                result = measure(policy, num_envs, horizon, minibatch, args.seconds, args.device, args.threads,
-                                 precision)
-                console.print(f"{policy} {precision} {num_envs}x{horizon} mb {minibatch}: {result['sps']:,.0f} steps/s")
-                results.append(result)
+    thread_counts = [int(n) for n in args.threads.split(",")]
+    for threads in thread_counts:
+        for policy in args.policies.split(","):
+            for precision in args.precisions.split(","):
+                for num_envs, horizon, minibatch in shapes:
+                    result = measure(policy, num_envs, horizon, minibatch, args.seconds, args.device, threads,
+                                     precision)
+                    console.print(f"{threads} thread(s) {policy} {precision} {num_envs}x{horizon} mb {minibatch}: "
+                                  f"{result['sps']:,.0f} steps/s")
+                    results.append(result)
 
-    table = Table(title=f"steps/s on CartPole-v1 ({results[0]['device']}, {args.threads} torch thread(s), "
-                        f"load average {os.getloadavg()[0]:.2f})")
-    for column in ("policy", "precision", "envs x horizon", "minibatch", "SPS", "steps/CPU-s", "eval fwd", "env", "eval copy",
+    table = Table(title=f"steps/s on CartPole-v1 ({results[0]['device']}, load average {os.getloadavg()[0]:.2f})")
+    for column in ("threads", "policy", "precision", "envs x horizon", "minibatch", "SPS", "steps/CPU-s", "eval fwd", "env", "eval copy",
                    "eval misc", "train fwd", "learn", "train copy", "train misc"):
         table.add_column(column, justify="right")
     for r in results:
@@ -113,7 +115,7 @@ def main() -> None:
         def pct(phase: str, node: str) -> str:
             return f"{100 * perf[phase][node] / epoch:.0f}%"
 
-        table.add_row(r["policy"], r["precision"], f"{r['num_envs']}x{r['horizon']}", str(r["minibatch"]), f"{r['sps']:,.0f}", f"{r['cpu_sps']:,.0f}",
+        table.add_row(str(r["threads"]), r["policy"], r["precision"], f"{r['num_envs']}x{r['horizon']}", str(r["minibatch"]), f"{r['sps']:,.0f}", f"{r['cpu_sps']:,.0f}",
                       pct("evaluate", "forward"), pct("evaluate", "env"), pct("evaluate", "copy"),
                       pct("evaluate", "misc"), pct("train", "forward"), pct("train", "learn"),
                       pct("train", "copy"), pct("train", "misc"))
@@ -124,9 +126,9 @@ def main() -> None:
         num_envs, horizon, minibatch = shapes[0]
         pairs = []
         for _ in range(5):  # alternate to spread machine noise over both
-            on = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, args.threads,
+            on = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, thread_counts[0],
                          "float32", True)
-            off = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, args.threads,
+            off = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, thread_counts[0],
                           "float32", False)
             pairs.append((on["cpu_sps"], off["cpu_sps"]))
         with_timing = statistics.median(p[0] for p in pairs)

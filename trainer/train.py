@@ -134,7 +134,7 @@ class Trainer:
         Returns the episode infos that finished."""
         profile, experience, policy = self.profiler, self.experience, self.policy
         episodes: list[dict] = []
-        with profile.evaluate:
+        with profile.evaluate, self.precision():
             for row_block in range(self.rows_per_env):
                 rows = slice(row_block * self.num_envs, (row_block + 1) * self.num_envs)
                 if policy.recurrent:
@@ -143,8 +143,7 @@ class Trainer:
                     with profile.evaluate_copy:
                         obs = torch.from_numpy(self.next_obs).to(self.device, non_blocking=True)
                     with profile.evaluate_forward:
-                        with self.precision():
-                            logits, values, self.state = policy.step(obs, self.state)
+                        logits, values, self.state = policy.step(obs, self.state)
                         actions, logprobs = policy.actor.sample(logits)
                     with profile.evaluate_copy:
                         experience.obs[rows, t] = obs
@@ -162,8 +161,7 @@ class Trainer:
                     self._receive(result)
                     episodes.extend(result.episodes)
             with profile.evaluate_forward:
-                with self.precision():
-                    _, values, _ = policy.step(torch.from_numpy(self.next_obs).to(self.device), self.state)
+                _, values, _ = policy.step(torch.from_numpy(self.next_obs).to(self.device), self.state)
             self._store_bootstrap(rows, values)
         if not (torch.isfinite(experience.logprobs).all() and torch.isfinite(experience.values).all()):
             raise Diverged(f"non-finite policy outputs while collecting epoch {self.epoch + 1}")
@@ -181,8 +179,7 @@ class Trainer:
             truncated = torch.from_numpy(rows).to(self.device)
             final_obs = torch.from_numpy(result.final_obs[rows]).to(self.device)
             state = None if self.state is None else (self.state[0][truncated], self.state[1][truncated])
-            with self.precision():
-                _, final_values, _ = self.policy.step(final_obs, state)
+            _, final_values, _ = self.policy.step(final_obs, state)
             rewards[truncated] += self.gamma * final_values
         self.next_obs = result.obs
         self.next_rewards = rewards
