@@ -101,6 +101,13 @@ def final_score(overrides: dict, key: str, last_epochs: int = 3) -> dict:
             "agent_steps": trainer.agent_steps}
 
 
+def advantage_ops() -> str:
+    """Which advantage implementation runs: the compiled ops' flavour, or pure torch."""
+    from trainer import advantage
+
+    return f"compiled {advantage.compiled_flavor()}" if advantage.compiled_flavor() else "pure torch (run puffctl build)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
@@ -110,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     only = set(args.only.split(","))
     console = Console(width=max(Console().width, 150))
-    results: dict = {"load_average_before": os.getloadavg()}
+    results: dict = {"load_average_before": os.getloadavg(), "advantage_ops": advantage_ops()}
 
     if "cartpole" in only:
         runs = []

@@ -79,6 +79,13 @@ def timer_cost_ns() -> float:
     return (time.perf_counter() - start) / n * 1e9
 
 
+def advantage_ops() -> str:
+    """Which advantage implementation runs: the compiled ops' flavour, or pure torch."""
+    from trainer import advantage
+
+    return f"compiled {advantage.compiled_flavor()}" if advantage.compiled_flavor() else "pure torch (run puffctl build)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per configuration")
@@ -104,7 +111,8 @@ def main() -> None:
                                   f"{result['sps']:,.0f} steps/s")
                     results.append(result)
 
-    table = Table(title=f"steps/s on CartPole-v1 ({results[0]['device']}, load average {os.getloadavg()[0]:.2f})")
+    table = Table(title=f"steps/s on CartPole-v1 ({results[0]['device']}, advantage ops: {advantage_ops()}, "
+                        f"load average {os.getloadavg()[0]:.2f})")
     for column in ("threads", "policy", "precision", "envs x horizon", "minibatch", "SPS", "steps/CPU-s", "eval fwd", "env", "eval copy",
                    "eval misc", "train fwd", "learn", "train copy", "train misc"):
         table.add_column(column, justify="right")
@@ -147,7 +155,7 @@ def main() -> None:
                       f"{analytic:.3f}% of an epoch")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "profiler_overhead": overhead,
-                                    "load_average": os.getloadavg()}, indent=1))
+                                    "load_average": os.getloadavg(), "advantage_ops": advantage_ops()}, indent=1))
     console.print(f"wrote {args.out}")
 
 
