@@ -107,16 +107,17 @@ def test_bad_config_exits_2_with_one_line(tmp_path, overrides, words):
     assert "Traceback" not in done.stderr
 
 
-def test_sigint_checkpoints_and_ends_interrupted(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_checkpoints_and_ends_interrupted(tmp_path, signum):
     run_dir = tmp_path / "int"
     config = write_config(tmp_path, {"train": {"total_timesteps": 10**8, "checkpoint_interval": 0}})
     process = subprocess.Popen(trainer_cmd(config, run_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for(lambda: (run_dir / "events.jsonl").is_file() and '"progress"' in (run_dir / "events.jsonl").read_text())
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     assert process.wait(timeout=60) == 130
     events = read_events(run_dir)
     end = events[-1]
-    assert end["type"] == "end" and end["status"] == "interrupted" and "SIGINT" in end["reason"]
+    assert end["type"] == "end" and end["status"] == "interrupted" and signum.name in end["reason"]
     checkpoint = [e for e in events if e["type"] == "checkpoint"][-1]
     assert checkpoint["epoch"] == end["epoch"] and (run_dir / checkpoint["path"]).is_file()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
