@@ -7,19 +7,19 @@ import sys
 import typer
 from rich.console import Console
 
-from puffctl.commands import toolchain
+from puffctl.commands import box, container, profile, runs, toolchain, train
 from puffctl.errors import PuffctlError
 
 app = typer.Typer(
     name="puffctl",
-    help="Experiment orchestrator for RL research: boxes, dev containers, the advantage "
-    "extension, training profiles with a live profiling table, and ablation batches.",
+    help="Experiment orchestrator for RL research: GPU boxes and their dev containers, the "
+    "advantage extension, training profiles with a live profiling table, and a run store.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-for group in (toolchain,):
+for group in (toolchain, train, runs, profile, box, container):
     group.register(app)
 
 
@@ -28,5 +28,5 @@ def main() -> None:
     try:
         app()
     except PuffctlError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(error.exit_code)

@@ -1,0 +1,158 @@
+"""`puffctl runs list|show|tail|rm`: the local run store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console()
+runs_app = typer.Typer(help="The local run store (./runs, $PUFFCTL_RUNS_DIR or --runs-dir): list, show, tail, rm.", no_args_is_help=True)
+
+RunsDir = typer.Option(None, "--runs-dir", help="Runs root (default: $PUFFCTL_RUNS_DIR, else ./runs).")
+STATUS_STYLE = {"running": "cyan", "completed": "green", "failed": "bold red", "interrupted": "yellow", "lost": "red"}
+
+
+def _when(stamp: float | None) -> str:
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+
+@runs_app.command("list")
+def list_runs(
+    status: Optional[str] = typer.Option(None, "--status", help="Only runs in this status: running, completed, failed, interrupted, lost."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Only runs launched from this profile."),
+    runs_dir: Optional[Path] = RunsDir,
+) -> None:
+    """Table of runs, newest first: id, profile, env, status, steps, SPS, best return, started, duration."""
+    from puffctl import runs
+    from puffctl.dashboard import fit_width, human_count, human_duration, human_value
+
+    fit_width(console)
+    root = runs.runs_root(runs_dir)
+    found = runs.list_runs(root, status=status, profile=profile)
+    table = Table(title=f"runs in {escape(str(root))}")
+    for column in ("id", "profile", "env", "status", "steps", "SPS", "best return", "started", "duration"):
+        table.add_column(column, justify="right" if column in ("steps", "SPS", "best return", "duration") else "left")
+    for run in found:
+        state = run.state
+        table.add_row(
+            run.run_id,
+            run.profile or "-",
+            run.env_name or "-",
+            f"[{STATUS_STYLE.get(run.status, '')}]{run.status}[/]",
+            human_count(state.agent_steps),
+            human_count(state.sps),
+            human_value(state.best_return),
+            _when(state.started or run.launch.get("created")),
+            human_duration(state.duration),
+        )
+    console.print(table)
+    if not found:
+        console.print("[dim]no runs[/]")
+
+
+@runs_app.command("show")
+def show(run_id: str = typer.Argument(..., metavar="RUN"), runs_dir: Optional[Path] = RunsDir) -> None:
+    """A run's final table, status and failure reason, git commit, checkpoints and resolved config."""
+    from rich.syntax import Syntax
+
+    from puffctl import runs
+    from puffctl.dashboard import fit_width, render
+
+    fit_width(console)
+    run = runs.get_run(runs.runs_root(runs_dir), run_id)
+    run.state.status, run.state.reason = run.status, run.reason
+    console.print(render(run.state))
+    console.print()
+    style = STATUS_STYLE.get(run.status, "")
+    console.print(f"[bold]status[/]   [{style}]{run.status}[/]" + (f": {escape(run.reason)}" if run.reason else ""), highlight=False)
+    if run.status == "lost":
+        console.print(f"         [dim]status.json says running, but pid {run.status_file.get('pid')} is gone (killed or crashed)[/]")
+    console.print(f"[bold]profile[/]  {escape(run.profile or '-')}" + (f"  --set {' '.join(run.launch['sets'])}" if run.launch.get("sets") else ""), highlight=False)
+    git = run.state.git or runs.read_json(run.path / "source.json") or None
+    if git:
+        dirty = f"dirty (diff sha256 {str(git.get('diff_hash'))[:12]})" if git.get("dirty") else "clean"
+        console.print(f"[bold]git[/]      {git.get('commit')} {dirty}", highlight=False)
+    else:
+        console.print("[bold]git[/]      unknown (not run from a git checkout)")
+    console.print(f"[bold]started[/]  {_when(run.state.started)}  host {escape(run.state.host or '-')}  device {escape(run.state.device or '-')}", highlight=False)
+    files = run.checkpoint_files()
+    console.print(f"[bold]checkpoints[/] ({len(files)})")
+    for path in files:
+        console.print(f"  {escape(str(path.relative_to(run.path)))}  {path.stat().st_size / 1e6:.2f} MB  {_when(path.stat().st_mtime)}", highlight=False)
+    config_path = run.path / "config.yaml"
+    if config_path.is_file():
+        console.print("[bold]config[/] (resolved)")
+        console.print(Syntax(config_path.read_text(encoding="utf-8"), "yaml", theme="ansi_dark", background_color="default"))
+
+
+@runs_app.command("tail")
+def tail(
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep showing new events until the run ends."),
+    runs_dir: Optional[Path] = RunsDir,
+) -> None:
+    """The live table of a run from its events (running or finished); -f follows it."""
+    from puffctl import runs
+    from puffctl.dashboard import Dashboard, fit_width, render
+    from puffctl.events import RunState, Tail, follow as follow_events
+
+    fit_width(console)
+    root = runs.runs_root(runs_dir)
+    run = runs.get_run(root, run_id)
+    reader = Tail(run.path / "events.jsonl")
+    state = RunState(run_id=run.run_id)
+    for event in reader.read():
+        state.apply(event)
+    if not follow or run.status != "running":
+        console.print(render(state))
+        if follow:
+            console.print(f"[dim]run {run.run_id} is {run.status}; nothing to follow[/]")
+        return
+    checked = [time.monotonic()]
+
+    def gone() -> bool:
+        if time.monotonic() - checked[0] < 1.0:
+            return False
+        checked[0] = time.monotonic()
+        return runs.get_run(root, run_id).status != "running"
+
+    try:
+        with Dashboard(console) as board:
+            board.start(state)
+            for event in follow_events(reader, stop=gone):
+                state.apply(event)
+                board.update(state, event)
+            board.stop(state)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    final = runs.get_run(root, run_id)
+    if final.status == "lost":
+        console.print(f"[red]lost[/]: run {run_id} stopped without an end event (pid {final.status_file.get('pid')} is gone)")
+
+
+@runs_app.command("rm")
+def remove(
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    runs_dir: Optional[Path] = RunsDir,
+) -> None:
+    """Delete a run directory (asks first; refuses while the run is still running)."""
+    from puffctl import runs
+
+    root = runs.runs_root(runs_dir)
+    run = runs.get_run(root, run_id)
+    if not yes:
+        typer.confirm(f"delete run {run.run_id} ({run.status}, {run.state.agent_steps:,} steps) in {run.path}?", abort=True)
+    runs.remove_run(root, run_id)
+    console.print(f"removed {escape(str(run.path))}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `runs` group to the root app."""
+    app.add_typer(runs_app, name="runs")

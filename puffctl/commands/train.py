@@ -1,0 +1,149 @@
+"""`puffctl train PROFILE`: validate, start the trainer, and show the live profiling table."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from puffctl.errors import PuffctlError
+
+console = Console()
+LOGGERS = ("local", "neptune")
+
+
+def train(
+    profile: Optional[str] = typer.Argument(None, metavar="PROFILE", help="Profile name (see `puffctl profile list`) or a YAML file."),
+    env: Optional[str] = typer.Option(None, "--env", metavar="NAME", help="Environment to train on (sets env.name)."),
+    sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.learning_rate=0.01 (YAML value; repeatable)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (sets train.seed)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total agent steps (sets train.total_timesteps)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run id (default: PROFILE-<UTC time>); must be new."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root (default: $PUFFCTL_RUNS_DIR, else ./runs)."),
+    logger: Optional[str] = typer.Option(None, "--logger", metavar="local|neptune", help="local, or neptune (also logs to Neptune; offline without NEPTUNE_API_TOKEN)."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN", help="Continue run RUN from its latest checkpoint (same id, its own config)."),
+    detach: bool = typer.Option(False, "--detach", help="Start the run and return; watch it with `puffctl runs tail RUN -f`."),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="No table: print only the run id, warnings and the final line."),
+) -> None:
+    """Train a profile and watch it: summary, SPS, where each epoch's time goes, losses, env stats.
+
+    Ctrl-C asks the trainer to checkpoint and stop (status interrupted, resumable with
+    --resume); a second Ctrl-C stops it at once. Exit codes: 0 completed, 1 failed,
+    2 bad input, 130 interrupted.
+    """
+    from puffctl import launch, profiles, runs
+    from puffctl.events import RunState
+
+    root = runs.runs_root(runs_dir)
+    if logger is not None and logger not in LOGGERS:
+        raise PuffctlError(f"--logger {logger!r}: expected one of {', '.join(LOGGERS)}")
+    if resume is not None:
+        given = [flag for flag, value in (("--env", env), ("--set", sets), ("--seed", seed), ("--steps", steps), ("--name", name), ("--logger", logger)) if value]
+        if given:
+            raise PuffctlError(f"--resume continues a run with its own config; drop {', '.join(given)}")
+        run = runs.get_run(root, resume)
+        if profile is not None and run.profile and profile != run.profile:
+            raise PuffctlError(f"run {resume!r} was trained from profile {run.profile!r}, not {profile!r}")
+        launch.check_resumable(run)
+        runs.ensure_writable(root)
+        path = run.path
+        state, offset = launch.history(path)
+    else:
+        if profile is None:
+            raise PuffctlError("missing PROFILE (see `puffctl profile list`), or --resume RUN")
+        if name is not None:
+            runs.check_run_id(name)
+            if (root / name).exists():
+                raise PuffctlError(f"run {name!r} already exists in {root}; pick another --name")
+        loaded = profiles.load(profile)
+        config = profiles.build_config(loaded, sets=sets, env=env, seed=seed, steps=steps, logger=logger)
+        runs.ensure_writable(root)
+        record = {"profile": loaded.name, "profile_file": str(loaded.path), "sets": list(sets), "env": config["env"]["name"]}
+        path = launch.prepare(root, name or loaded.name, config, record, exact=name is not None)
+        state, offset = RunState(run_id=path.name), 0
+
+    if detach:
+        ensure_extension()
+        process = launch.start(path, resume=resume is not None)
+        console.print(
+            f"started [bold]{path.name}[/] (pid {process.pid}) in {escape(str(path))}\n"
+            f"watch: puffctl runs tail {path.name} -f{runs_flag(runs_dir)}",
+            highlight=False,
+        )
+        return
+    raise typer.Exit(run_attached(path, state, offset, resume=resume is not None, quiet=no_dashboard, runs_dir=runs_dir))
+
+
+def ensure_extension() -> None:
+    """Build the advantage extension on first use, with progress; a failed build only warns."""
+    from puffctl.build import ensure_built
+
+    try:
+        ensure_built(console)
+    except Exception as error:  # noqa: BLE001 - a broken build must never stop training
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        console.print(f"[yellow]warning:[/] extension check failed ({escape(detail)}); the trainer uses the pure-torch ops")
+
+
+def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, runs_dir: Optional[Path]) -> int:
+    """Start the trainer and show the run until it exits; returns the CLI's exit code.
+
+    The table goes on screen first, before the extension check and the trainer's imports.
+    """
+    from puffctl import launch
+    from puffctl.dashboard import Dashboard, event_line, fit_width, human_duration, human_value
+
+    fit_width(console)
+    def show_quiet(current, event: dict) -> None:
+        if event.get("type") == "start" or (event.get("type") == "message" and event.get("level") in ("warning", "error")):
+            line = event_line(current, event)
+            if line:
+                console.print(line, markup=False, highlight=False)
+
+    def begin() -> subprocess.Popen:
+        try:
+            ensure_extension()
+        except KeyboardInterrupt:
+            if not resume:
+                shutil.rmtree(path, ignore_errors=True)
+            raise typer.Exit(130) from None
+        return launch.start(path, resume=resume)
+
+    if quiet:
+        console.print(f"run {path.name}: {path}", markup=False, highlight=False)
+        outcome = launch.watch(begin(), path, show_quiet, state=state, offset=offset)
+    else:
+        with Dashboard(console) as board:
+            board.start(state)
+            outcome = launch.watch(begin(), path, board.update, state=state, offset=offset)
+            board.stop(outcome.state)
+    final = outcome.state
+    if outcome.exit_code == 2 and not final.progress_count:
+        detail = launch.last_line(path / "stdout.log").removeprefix("error: ")
+        raise PuffctlError(f"the trainer refused the run: {detail}")
+    best = f", best {final.return_key} {human_value(final.best_return)}" if final.best_return is not None else ""
+    style = {"completed": "green", "interrupted": "yellow"}.get(final.status, "bold red")
+    reason = f" ({escape(final.reason)})" if final.reason else ""
+    console.print(
+        f"[{style}]{final.status}[/]{reason}: run {path.name}, {final.agent_steps:,} steps in "
+        f"{human_duration(final.duration)}{best}",
+        highlight=False,
+    )
+    if final.status == "interrupted":
+        console.print(f"resume with: puffctl train --resume {path.name}{runs_flag(runs_dir)}", markup=False, highlight=False)
+    return outcome.exit_code
+
+
+def runs_flag(runs_dir: Optional[Path]) -> str:
+    """The --runs-dir flag to repeat in a hint ("" for the default root)."""
+    return "" if runs_dir is None else f" --runs-dir {runs_dir}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` to the root app."""
+    app.command()(train)

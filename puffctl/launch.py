@@ -1,0 +1,248 @@
+"""Starting a local training run: the run directory, provenance, the trainer subprocess, Ctrl-C.
+
+The trainer runs as `python -m trainer` in its own session, so a terminal's Ctrl-C reaches
+only the CLI, which forwards it: the first asks the trainer to checkpoint and stop, the second
+stops it at once (and a trainer that still does not exit is killed). The CLI follows the run's
+events.jsonl, never the trainer's printed output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from puffctl import runs
+from puffctl.errors import PuffctlError
+from puffctl.events import RunState, Tail
+
+#: Seconds the trainer gets after the second Ctrl-C before it is killed.
+KILL_GRACE = 3.0
+
+
+def git_source(directory: Path) -> dict | None:
+    """{"commit", "dirty", "diff_hash"} of the git checkout rooted at `directory`, or None.
+
+    None also when `directory` is only somewhere inside another repository (an installed
+    package in a project's virtualenv): that commit would not identify this code.
+    """
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, timeout=30)
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.decode().strip()).resolve() != directory.resolve():
+            return None
+        commit = git("rev-parse", "HEAD")
+        if commit.returncode != 0:
+            return None
+        diff = git("diff", "HEAD").stdout  # the same bytes the trainer hashes without source.json
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {
+        "commit": commit.stdout.decode().strip(),
+        "dirty": bool(diff),
+        "diff_hash": hashlib.sha256(diff).hexdigest() if diff else None,
+    }
+
+
+def code_root() -> Path:
+    """The directory that holds the `trainer` package this CLI would start (found without importing it)."""
+    spec = importlib.util.find_spec("trainer")
+    if spec is None or not spec.submodule_search_locations:
+        raise PuffctlError("the trainer package is not installed next to puffctl", exit_code=1)
+    return Path(next(iter(spec.submodule_search_locations))).resolve().parent
+
+
+def prepare(root: Path, base_name: str, config: dict, launch: dict, *, exact: bool = False) -> Path:
+    """Create a fresh run directory with config.yaml, source.json and launch.json.
+
+    The run id is `base_name` itself when `exact`, else `<base_name>-<UTC time>`.
+    """
+    path = runs.create_run_dir(root, base_name if exact else runs.slug(base_name), exact=exact)
+    try:
+        (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        source = git_source(code_root())
+        if source is not None:
+            runs.write_json(path / "source.json", source)
+        runs.write_json(path / runs.LAUNCH_FILE, {**launch, "created": time.time(), "host": socket.gethostname()})
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
+
+
+def check_resumable(run: runs.Run) -> None:
+    """A one-line error unless `run` can be resumed: not completed, not running, has a checkpoint."""
+    if run.status == "completed":
+        raise PuffctlError(f"run {run.run_id!r} already completed; nothing to resume")
+    if run.status == "running":
+        raise PuffctlError(f"run {run.run_id!r} is still running (pid {run.status_file.get('pid')})")
+    if not (run.path / "config.yaml").is_file():
+        raise PuffctlError(f"run {run.run_id!r} has no config.yaml to resume from")
+    if not run.checkpoint_files():
+        raise PuffctlError(f"run {run.run_id!r} has no checkpoint to resume from")
+
+
+def end_with_newline(path: Path) -> None:
+    """Terminate a truncated last line (a killed writer's) so appended events start on their own line."""
+    try:
+        with path.open("rb+") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
+def start(path: Path, *, resume: bool = False) -> subprocess.Popen:
+    """Start `python -m trainer` on run directory `path` in its own session; record its pid."""
+    environment = dict(os.environ)
+    root = str(code_root())
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, environment.get("PYTHONPATH")) if p)
+    environment["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "trainer", "--config", str(path / "config.yaml"), "--run-dir", str(path)]
+    if resume:
+        command.append("--resume")
+        end_with_newline(path / "events.jsonl")
+    with (path / "stdout.log").open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=environment,
+        )
+    launch = runs.read_json(path / runs.LAUNCH_FILE)
+    launch.update(pid=process.pid, host=socket.gethostname(), command=command)
+    if resume:
+        launch["resumes"] = int(launch.get("resumes") or 0) + 1
+    runs.write_json(path / runs.LAUNCH_FILE, launch)
+    return process
+
+
+@dataclass
+class Outcome:
+    """How a watched run ended: the CLI's exit code, the final state, and the trainer's own code."""
+
+    exit_code: int
+    state: RunState
+    returncode: int | None
+    interrupts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a text file (the trainer's final words in stdout.log)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def settle(path: Path, state: RunState, returncode: int, interrupted: bool) -> None:
+    """After the trainer exited: if it left no final status (killed, crashed at start), record one."""
+    status_path = path / "status.json"
+    status = runs.read_json(status_path)
+    if state.finished or status.get("status") in ("completed", "failed", "interrupted"):
+        return
+    if interrupted:
+        new, reason = "interrupted", "stopped by Ctrl-C before the trainer could checkpoint"
+    elif returncode < 0:
+        new, reason = "failed", f"the trainer was killed by {signal.Signals(-returncode).name}"
+    else:
+        new, reason = "failed", last_line(path / "stdout.log") or f"the trainer exited with code {returncode}"
+    status.update(run_id=path.name, status=new, reason=reason, pid=None, updated=time.time())
+    runs.write_json(status_path, status)
+    state.status, state.reason = new, reason
+
+
+def watch(
+    process: subprocess.Popen,
+    path: Path,
+    show: Callable[[RunState, dict], None],
+    *,
+    state: RunState | None = None,
+    offset: int = 0,
+    poll: float = 0.1,
+) -> Outcome:
+    """Follow the run's events into `show` until the trainer exits; forward Ctrl-C and SIGTERM.
+
+    `state`/`offset`: what was already folded (a resumed run's history) and where to read on.
+    """
+    state = state or RunState(run_id=path.name)
+    tail = Tail(path / "events.jsonl", offset)
+    interrupts = 0
+    kill_at: float | None = None
+    notices: list[str] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal interrupts, kill_at
+        interrupts += 1
+        try:
+            os.kill(process.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if interrupts == 1:
+            notices.append("stopping: the trainer checkpoints and exits (Ctrl-C again to stop at once)")
+        else:
+            kill_at = time.monotonic() + KILL_GRACE
+            notices.append("stopping at once")
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            while notices:
+                state.message = ("warning", notices.pop(0))
+                show(state, {"type": "message", "level": "warning", "text": state.message[1]})
+            exited = process.poll() is not None
+            events = tail.finish() if exited else tail.read()
+            for event in events:
+                state.apply(event)
+                show(state, event)
+            if exited:
+                break
+            if kill_at is not None and time.monotonic() > kill_at:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                kill_at = None
+            if not events:
+                time.sleep(poll)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    returncode = process.wait()
+    settle(path, state, returncode, interrupts > 0)
+    if returncode == 2 and not state.progress_count:
+        code = 2
+    else:
+        code = {"completed": 0, "interrupted": 130}.get(state.status, 1)
+    return Outcome(exit_code=code, state=state, returncode=returncode, interrupts=interrupts)
+
+
+def history(path: Path) -> tuple[RunState, int]:
+    """A run's state from its events so far, and the offset where new events will start."""
+    tail = Tail(path / "events.jsonl")
+    state = RunState(run_id=path.name)
+    for event in tail.read():
+        state.apply(event)
+    return state, tail.offset

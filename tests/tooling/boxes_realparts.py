@@ -1,0 +1,296 @@
+"""Start the real parts the box/container tests talk to: a private Docker engine and a loopback sshd.
+
+- dockerd (Debian's docker.io) on a private socket under a temp dir, vfs storage, no bridge,
+  no iptables, its own data/exec roots and pidfile; never /var/run/docker.sock.
+- sshd (OpenSSH) on 127.0.0.1 and a free high port, generated host and user keys, its own
+  sshd_config; the login gets DOCKER_HOST pointing at the private engine (sshd `SetEnv`), so
+  `docker system dial-stdio` on the "remote" side reaches the same engine.
+- a test image built locally from Debian's busybox-static (nothing can be pulled).
+
+Usable from conftest.py, and by hand: `python tests/tooling/boxes_realparts.py` starts both,
+prints the environment to use, and stops them on Enter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import getpass
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEST_IMAGE = "puffctl-test/busybox:1"
+BUSYBOX = Path("/bin/busybox")
+SSHD = Path("/usr/sbin/sshd")
+
+
+class RealPartsError(RuntimeError):
+    """A real part could not be started; the message says why and what to install."""
+
+
+try:
+    _prctl = ctypes.CDLL(None).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """Child-side: stop the engine/sshd if the test process is killed before its cleanup runs."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
+            raise RealPartsError(f"{what} did not come up in {timeout:.0f} s\n{tail}")
+        time.sleep(0.05)
+
+
+@dataclass
+class DockerEngine:
+    root: Path
+    process: subprocess.Popen
+    socket_path: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        subprocess.run(["umount", "-R", str(self.root / "exec")], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def sweep_leftovers() -> None:
+    """Remove temp dirs of engines/sshds from killed test runs (their pidfile's process is gone).
+
+    Only dirs older than a minute: a concurrent session's engine may not have written its pidfile yet.
+    """
+    tmp = Path(tempfile.gettempdir())
+    old = time.time() - 60
+    for root in tmp.glob("pf-dk-*"):
+        if root.stat().st_mtime < old and not _alive(root / "docker.pid"):
+            subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True)
+            shutil.rmtree(root, ignore_errors=True)
+    for root in tmp.glob("pf-ssh-*"):
+        if root.stat().st_mtime < old and not _alive(root / "sshd.pid"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def start_dockerd(root: Path | None = None) -> DockerEngine:
+    """Start a private dockerd; raise RealPartsError with the reason if it cannot run here."""
+    dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+    if not Path(dockerd).exists():
+        raise RealPartsError("dockerd not found: run tests/tooling/install-system-deps.sh (Debian's docker.io)")
+    if os.geteuid() != 0:
+        raise RealPartsError("dockerd needs root here (rootless mode is not set up by the test tooling)")
+    sweep_leftovers()
+    root = root or Path(tempfile.mkdtemp(prefix="pf-dk-"))  # short: containerd's socket path must fit
+    sock, log = root / "docker.sock", root / "dockerd.log"
+    argv = [dockerd, "--host", f"unix://{sock}", "--storage-driver", "vfs", "--bridge", "none",
+            "--iptables=false", "--ip6tables=false", "--ip-masq=false",
+            "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+            "--pidfile", str(root / "docker.pid"), "--log-level", "warn"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
+    engine = DockerEngine(root, process, sock, log)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RealPartsError(f"dockerd exited with {process.returncode}:\n{log.read_text()[-1500:]}")
+        probe = subprocess.run(["docker", "-H", engine.url, "version", "--format", "{{.Server.APIVersion}}"],
+                               capture_output=True)
+        return probe.returncode == 0
+
+    try:
+        _wait_for(ready, 60, "dockerd", log)
+    except BaseException:
+        engine.stop()
+        raise
+    return engine
+
+
+def build_test_image(docker_url: str, tag: str = TEST_IMAGE) -> str:
+    """FROM scratch + busybox-static with its applets installed: a shell, coreutils, df, tail."""
+    import docker
+
+    if not BUSYBOX.exists():
+        raise RealPartsError("/bin/busybox missing: run tests/tooling/install-system-deps.sh (busybox-static)")
+    dockerfile = (b"FROM scratch\nCOPY busybox /bin/busybox\n"
+                  b"RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n"
+                  b"RUN mkdir -p /tmp /workspace /root && chmod 1777 /tmp\n"
+                  b"ENV PATH=/bin HOME=/root\nCMD [\"/bin/sh\"]\n")
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+        tar.add(BUSYBOX, arcname="busybox")
+    context.seek(0)
+    client = docker.DockerClient(base_url=docker_url, version="auto")
+    try:
+        client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, network_mode="none")
+    finally:
+        client.close()
+    return tag
+
+
+@dataclass
+class SSHServer:
+    root: Path
+    process: subprocess.Popen
+    port: int
+    user: str
+    log: Path
+    client_config: Path
+    alias: str = "puffbox"
+    badkey_alias: str = "puffbox-badkey"
+    extra: dict = field(default_factory=dict)
+
+    def accepted_connections(self) -> int:
+        """How many SSH logins (TCP connections that authenticated) sshd has accepted so far."""
+        return self.log.read_text(errors="replace").count("Accepted publickey for")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "puffctl-test", "-f", str(path)],
+                   check=True)
+
+
+def start_sshd(docker_url: str, root: Path | None = None) -> SSHServer:
+    """Start sshd on loopback with generated keys; logins get DOCKER_HOST=docker_url."""
+    if not SSHD.exists():
+        raise RealPartsError("sshd not found: run tests/tooling/install-system-deps.sh (openssh-server)")
+    root = root or Path(tempfile.mkdtemp(prefix="pf-ssh-"))
+    user, port, log = getpass.getuser(), _free_port(), root / "sshd.log"
+    _keygen(root / "host_ed25519")
+    _keygen(root / "id_ed25519")
+    _keygen(root / "id_bad")
+    (root / "authorized_keys").write_text((root / "id_ed25519.pub").read_text())
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # Debian's privilege-separation directory
+    (root / "sshd_config").write_text(f"""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {root}/host_ed25519
+PidFile {root}/sshd.pid
+AuthorizedKeysFile {root}/authorized_keys
+AllowUsers {user}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+LogLevel VERBOSE
+SetEnv DOCKER_HOST={docker_url}
+""")
+    host_key = (root / "host_ed25519.pub").read_text().split()
+    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    client_config = root / "ssh_config"
+    client_config.write_text(f"""\
+Host puffbox
+  HostName 127.0.0.1
+  Port {port}
+  User {user}
+  IdentityFile {root}/id_ed25519
+Host puffbox-badkey
+  HostName 127.0.0.1
+  Port {port}
+  User {user}
+  IdentityFile {root}/id_bad
+Host 127.0.0.1
+  IdentityFile {root}/id_ed25519
+Host *
+  IdentitiesOnly yes
+  UserKnownHostsFile {root}/known_hosts
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+""")
+    process = subprocess.Popen([str(SSHD), "-D", "-f", str(root / "sshd_config"), "-E", str(log)],
+                               stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+    server = SSHServer(root, process, port, user, log, client_config)
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise RealPartsError(f"sshd exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        _wait_for(listening, 15, "sshd", log)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+class Tarpit:
+    """A loopback TCP port that accepts connections (kernel backlog) but never says a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+if __name__ == "__main__":
+    engine = start_dockerd()
+    try:
+        build_test_image(engine.url)
+        sshd = start_sshd(engine.url)
+        try:
+            print(f"export DOCKER_HOST={engine.url}")
+            print(f"export PUFFCTL_SSH_CONFIG={sshd.client_config}  # then: ssh://{sshd.alias}")
+            input("engine and sshd running; press Enter to stop them ")
+        finally:
+            sshd.stop()
+    finally:
+        engine.stop()
