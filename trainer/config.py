@@ -53,7 +53,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "torch_deterministic": Key("bool", True, "deterministic torch algorithms (exact seeds and resume on CPU)"),
         "cpu_threads": Key("int", 1, "torch CPU threads; null uses every core (slower on small boxes: see docs/trainer.md)",
                            nullable=True, min=1),
-        "precision": Key("str", "float32", "float32, or bfloat16 autocast of the policy's matmuls (about 3x faster LSTM training on CPUs with bf16)",
+        "precision": Key("str", "float32", "float32, or bfloat16 autocast of the policy's matmuls (LSTM runs about 1.8x faster on CPUs with bf16)",
                          choices=("float32", "bfloat16")),
         "cuda_launch_blocking": Key("bool", False, "debug: set CUDA_LAUNCH_BLOCKING=1 so CUDA errors surface where they happen"),
         "optimizer": Key("str", "muon", "muon (2-D weights; Adam for the rest) or adam", choices=("adam", "muon")),
