@@ -157,23 +157,39 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path, env):
         assert losses == expected[epoch], f"epoch {epoch} differs after resume"
 
 
-def test_divergence_fails_the_run_and_keeps_the_last_checkpoint(tmp_path):
+def test_divergence_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "nan"
-    config = write_config(tmp_path, {"train": {"learning_rate": 1e30, "minibatch_size": 256,
-                                               "checkpoint_interval": 1}})
-    done = run_trainer(config, run_dir)
+    healthy = write_config(tmp_path, {"train": {"total_timesteps": 10**8, "checkpoint_interval": 1}})
+    process = subprocess.Popen(trainer_cmd(healthy, run_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for(lambda: (run_dir / "checkpoints" / "epoch_00000002.pt").is_file())
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    good = checkpoint_files(run_dir)
+    # resuming with an absurd learning rate (a resume may change it) blows the weights up
+    absurd = write_config(tmp_path, {"train": {"total_timesteps": 10**8, "checkpoint_interval": 1,
+                                               "learning_rate": 1e30}}, name="absurd.yaml")
+    done = run_trainer(absurd, run_dir, "--resume")
     assert done.returncode == 1
-    events = read_events(run_dir)
-    end = events[-1]
-    assert end["status"] == "failed" and "non-finite" in end["reason"]
+    end = read_events(run_dir)[-1]
+    assert end["type"] == "end" and end["status"] == "failed" and "non-finite" in end["reason"]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and status["reason"] == end["reason"]
-    checkpoints = [e for e in events if e["type"] == "checkpoint"]
-    assert checkpoints, "a checkpoint was written before the divergence"
-    last = torch.load(run_dir / checkpoints[-1]["path"], weights_only=False)
-    assert last["epoch"] == checkpoints[-1]["epoch"] <= end["epoch"]
-    assert all(torch.isfinite(v).all() for v in last["policy"].values())
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [Path(checkpoints[-1]["path"]).name]
+    assert checkpoint_files(run_dir) == good  # nothing written after the divergence
+    latest = torch.load(run_dir / "checkpoints" / max(good), weights_only=False)
+    assert all(torch.isfinite(v).all() for v in latest["policy"].values())
+    changed = write_config(tmp_path, {"train": {"total_timesteps": 10**8, "gamma": 0.9}}, name="changed.yaml")
+    refused = run_trainer(changed, run_dir, "--resume")
+    assert refused.returncode == 2 and "train.gamma" in refused.stderr
+    finish = write_config(tmp_path, {"train": {"total_timesteps": (latest["epoch"] + 2) * 256}}, name="finish.yaml")
+    resumed = run_trainer(finish, run_dir, "--resume")  # the last good checkpoint carries on
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_events(run_dir)[-1]["status"] == "completed"
+
+
+def checkpoint_files(run_dir):
+    """{name: bytes} of the run's checkpoint files."""
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "checkpoints").iterdir())}
 
 
 def test_a_second_sigint_stops_at_once(tmp_path):
