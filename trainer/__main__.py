@@ -13,8 +13,8 @@ from trainer import config as config_module
 from trainer.config import ConfigError
 
 # Keys that may change when a run is resumed; anything else must match the run's config.yaml.
-RESUMABLE_CHANGES = ("train.total_timesteps", "train.checkpoint_interval", "train.keep_checkpoints",
-                     "logger.")
+RESUMABLE_CHANGES = ("train.total_timesteps", "train.learning_rate", "train.checkpoint_interval",
+                     "train.keep_checkpoints", "logger.")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -42,7 +42,15 @@ class EventWriter:
         self.run_id = self.run_dir.name
         self.to_stdout = to_stdout
         self.host = socket.gethostname()
-        self.file = open(self.run_dir / "events.jsonl", "a", encoding="utf-8")
+        path = self.run_dir / "events.jsonl"
+        torn = False
+        if path.is_file() and path.stat().st_size:
+            with open(path, "rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                torn = existing.read(1) != b"\n"
+        self.file = open(path, "a", encoding="utf-8")
+        if torn:  # a killed run's half-written last line stays a line of its own
+            self.file.write("\n")
         self.started = time.time()
         self.status: dict[str, Any] = {
             "run_id": self.run_id, "status": "running", "pid": os.getpid(), "host": self.host,

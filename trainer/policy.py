@@ -3,7 +3,7 @@
 Action heads: categorical (Discrete), one categorical per dimension (MultiDiscrete), and a
 diagonal Gaussian with a learned log-std (Box). The LSTM keeps one state per env during
 collection (`step`) and runs BPTT over a whole segment in training (`sequence`), starting from
-the state the segment was collected with. The state carries across episode boundaries inside an
+the state the segment was collected with. Outputs are float32 even under bfloat16 autocast. The state carries across episode boundaries inside an
 env, in collection and training alike, so both see the same computation.
 """
 
@@ -46,12 +46,14 @@ class CategoricalHead(nn.Module):
 
     def sample(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """(actions, logprobs). Actions [N] for Discrete, [N, k] for MultiDiscrete (int64).
-        Gumbel-max sampling: never raises on non-finite logits (they show up as NaN logprobs)."""
+        Exponential race (Gumbel-max): argmax p_i / E_i with E_i ~ Exp(1) samples i with
+        probability p_i in a few ops, and never raises on non-finite logits (they surface as NaN
+        logprobs, which the trainer reports as divergence)."""
         actions, logprobs = [], []
         for part in self._split(logits):
             log_p = torch.log_softmax(part, dim=-1)
-            gumbel = -torch.log(-torch.log(torch.rand_like(log_p)))
-            action = torch.argmax(log_p + gumbel, dim=-1, keepdim=True)
+            race = torch.empty_like(log_p).exponential_()
+            action = torch.argmax(log_p.exp() / race, dim=-1, keepdim=True)
             actions.append(action.squeeze(-1))
             logprobs.append(log_p.gather(-1, action).squeeze(-1))
         if self.uniform:
@@ -153,8 +155,8 @@ class Policy(nn.Module):
         if self.lstm is not None:
             h, c = state
             out, (h, c) = self.lstm(hidden.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
-            hidden, state = out.squeeze(1), (h.squeeze(0), c.squeeze(0))
-        return self.actor(hidden), self.critic(hidden).squeeze(-1), state
+            hidden, state = out.squeeze(1), (h.squeeze(0).float(), c.squeeze(0).float())
+        return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float(), state
 
     def sequence(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor]:
         """A segment for B rows: obs [B, T, obs_size] -> (head params [B, T, ...], values [B, T])."""
@@ -162,4 +164,4 @@ class Policy(nn.Module):
         if self.lstm is not None:
             h, c = state
             hidden, _ = self.lstm(hidden, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
-        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+        return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float()

@@ -103,12 +103,13 @@ class Run:
             latest = checkpoint.latest(run_dir)
             if latest is None:
                 raise RunError(f"run {run_dir.name} has no checkpoint in {run_dir / 'checkpoints'} to resume from")
-            return latest
-        if (run_dir / "events.jsonl").exists() and (run_dir / "events.jsonl").stat().st_size:
-            raise RunError(f"{run_dir} already holds a run; pass --resume to continue it")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            latest = None
+            if (run_dir / "events.jsonl").exists() and (run_dir / "events.jsonl").stat().st_size:
+                raise RunError(f"{run_dir} already holds a run; pass --resume to continue it")
+            run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
-        return None
+        return latest
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -165,8 +166,8 @@ class Run:
             reason = f"{error} (try a lower train.learning_rate); last good checkpoint kept"
             self._end(trainer, "failed", reason, self.final_metrics)
             return EXIT_FAILED
-        except ConfigError:
-            events.update_status(status="failed", reason="bad config")
+        except ConfigError as error:
+            events.update_status(status="failed", reason=str(error))
             raise
         except Exception as error:  # noqa: BLE001 - a crash still ends the stream
             traceback.print_exc(file=sys.stderr)

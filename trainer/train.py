@@ -2,12 +2,13 @@
 
 `Trainer.evaluate` fills the segment buffer (one row = `horizon` consecutive steps of one
 agent); `Trainer.train` runs the minibatch updates, writing each minibatch's fresh importance
-ratios back so later minibatches' advantages use them. `run` is the loop around them: events,
-checkpoints, signals and failure handling.
+ratios back so later minibatches' advantages use them. trainer/run.py drives them epoch by
+epoch with events, checkpoints, signals and failure handling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -23,6 +24,7 @@ from trainer.experience import Experience
 from trainer.optim import learning_rate, make_optimizer
 from trainer.policy import Policy
 from trainer.profiler import Profiler
+
 
 class Diverged(RuntimeError):
     """Training produced non-finite numbers (losses, weights or policy outputs)."""
@@ -74,6 +76,7 @@ class Trainer:
         self.total_epochs = math.ceil(train_cfg["total_timesteps"] / self.batch_size)
         self.reward_clip = env_cfg["reward_clip"]
         self.gamma = train_cfg["gamma"]
+        self.bfloat16 = train_cfg["precision"] == "bfloat16"
 
         self.policy = Policy(self.envs.obs_size, self.envs.single_action_space,
                              policy_cfg["hidden_size"], policy_cfg["num_layers"],
@@ -82,6 +85,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.policy, train_cfg)
         self.action_space = self.envs.single_action_space
         action_shape, action_dtype = self._action_layout()
+        self.box_actions = action_dtype == torch.float32
         self.experience = Experience(
             self.segments, self.horizon, self.envs.obs_size, action_shape, action_dtype,
             policy_cfg["lstm_hidden_size"] if policy_cfg["lstm"] else None, self.device)
@@ -96,6 +100,12 @@ class Trainer:
         self.state = self.policy.initial_state(self.num_envs, self.device)
         self.envs_unsaved: str | None = None  # why the last checkpoint could not hold the envs
 
+    def precision(self) -> contextlib.AbstractContextManager:
+        """Autocast for the policy's forward passes: bfloat16 matmuls when train.precision asks."""
+        if self.bfloat16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _action_layout(self) -> tuple[tuple[int, ...], torch.dtype]:
         from gymnasium import spaces
 
@@ -108,10 +118,8 @@ class Trainer:
 
     def _env_actions(self, actions: torch.Tensor) -> np.ndarray:
         """Actions as the env takes them (Box: reshaped and clipped to its bounds)."""
-        from gymnasium import spaces
-
         actions = actions.cpu().numpy()
-        if isinstance(self.action_space, spaces.Box):
+        if self.box_actions:
             actions = np.clip(actions.reshape(-1, *self.action_space.shape),
                               self.action_space.low, self.action_space.high)
         return actions
@@ -126,7 +134,7 @@ class Trainer:
         Returns the episode infos that finished."""
         profile, experience, policy = self.profiler, self.experience, self.policy
         episodes: list[dict] = []
-        with profile.evaluate:
+        with profile.evaluate, self.precision():
             for row_block in range(self.rows_per_env):
                 rows = slice(row_block * self.num_envs, (row_block + 1) * self.num_envs)
                 if policy.recurrent:
@@ -216,7 +224,8 @@ class Trainer:
                     if policy.recurrent:
                         state = (experience.lstm_h[idx], experience.lstm_c[idx])
                 with profile.train_forward:
-                    logits, new_values = policy.sequence(obs, state)
+                    with self.precision():
+                        logits, new_values = policy.sequence(obs, state)
                     new_logprobs, entropy = policy.actor.evaluate(logits, actions)
                 with profile.train_learn:
                     logratio = new_logprobs - old_logprobs

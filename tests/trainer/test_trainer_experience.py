@@ -84,10 +84,11 @@ def test_truncated_episodes_are_bootstrapped_with_the_value_of_their_final_obs()
 
 
 @pytest.mark.parametrize("lstm", [False, True])
-def test_first_minibatch_reproduces_the_behaviour_logprobs(lstm):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_first_minibatch_reproduces_the_behaviour_logprobs(lstm, precision):
     trainer = make({"env": {"name": "puffer:memory", "num_envs": 8},
                     "policy": {"lstm": lstm, "hidden_size": 16, "lstm_hidden_size": 16},
-                    "train": {"bptt_horizon": 16, "minibatch_size": 128}})
+                    "train": {"bptt_horizon": 16, "minibatch_size": 128, "precision": precision}})
     trainer.evaluate()
     stats = trainer.train()
     assert stats["importance"] == pytest.approx(1.0, abs=1e-5)
@@ -141,3 +142,28 @@ def test_same_seed_same_losses_different_seed_different():
     assert first == second
     other = losses({**overrides, "train": {**overrides["train"], "seed": 8}})
     assert other != first
+
+
+def test_box_actions_train_end_to_end_on_pendulum():
+    trainer = make({"env": {"name": "gym:Pendulum-v1", "num_envs": 8}, "policy": {"hidden_size": 16},
+                    "train": {"bptt_horizon": 16, "batch_size": 8 * 16 * 13, "minibatch_size": 128}})
+    trainer.evaluate()  # 208 steps per env: every episode (200 steps) is truncated once
+    exp = trainer.experience
+    assert exp.actions.dtype == torch.float32 and exp.actions.shape == (8 * 13, 16, 1)
+    assert int(exp.truncations.sum()) == 8 and int(exp.terminations.sum()) == 0
+    stats = trainer.train()
+    assert all(np.isfinite(stats[key]) for key in ("policy_loss", "value_loss", "entropy"))
+
+
+@pytest.mark.parametrize("estimator", ["puff", "gae", "vtrace"])
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_every_estimator_and_optimizer_trains(estimator, optimizer):
+    trainer = make({"env": {"name": "gym:CartPole-v1", "num_envs": 8},
+                    "train": {"bptt_horizon": 8, "minibatch_size": 32, "advantage": estimator,
+                              "norm_adv": estimator != "vtrace", "optimizer": optimizer}})
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    for _ in range(2):
+        trainer.evaluate()
+        stats = trainer.train()
+    assert all(np.isfinite(stats[key]) for key in ("policy_loss", "value_loss", "entropy", "approx_kl"))
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
