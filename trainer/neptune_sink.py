@@ -12,10 +12,12 @@ becomes a message event while training goes on.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
 import re
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +65,17 @@ def series(event: dict) -> dict[str, float]:
     _flatten("performance", performance, out)
     return out
 
+
+
+def _neptune_logs_to_stderr() -> None:
+    """The Neptune client logs to stdout, which `--events-stdout` keeps for JSON lines alone."""
+    logger = logging.getLogger("neptune")
+    for handler in list(logger.handlers):
+        replacement = logging.StreamHandler(sys.stderr)
+        replacement.setFormatter(handler.formatter)
+        replacement.setLevel(handler.level)
+        logger.removeHandler(handler)
+        logger.addHandler(replacement)
 
 class NeptuneSink:
     """Queues events for a background thread that owns the Neptune run."""
@@ -113,6 +126,7 @@ class NeptuneSink:
     def _open(self, mode: str) -> Any:
         import neptune
 
+        _neptune_logs_to_stderr()
         return neptune.init_run(
             project=self.project,
             api_token=self._secret if mode != "offline" else None,

@@ -57,6 +57,17 @@ def wait_for(predicate, timeout=60):
     raise AssertionError("timed out")
 
 
+def test_events_stdout_stays_json_with_the_neptune_sink(tmp_path, monkeypatch):
+    for name in ("NEPTUNE_API_TOKEN", "NEPTUNE_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    run_dir = tmp_path / "run-n"
+    done = run_trainer(write_config(tmp_path, {"logger": {"backend": "neptune"}}), run_dir, "--events-stdout")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]  # every line is an event
+    assert events == read_events(run_dir)
+    assert any(e["type"] == "message" and "Neptune logging offline" in e["text"] for e in events)
+
+
 def test_event_stream_status_and_run_dir_follow_docs_events(tmp_path):
     run_dir = tmp_path / "run-a"
     done = run_trainer(write_config(tmp_path), run_dir, "--events-stdout")
