@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from trainer.config import ConfigError
+
 
 class Optimizers:
     """One or two torch optimizers driven as one: zero_grad, step, lr, state_dict."""
@@ -42,6 +44,9 @@ def make_optimizer(policy: nn.Module, train: dict) -> Optimizers:
     params = list(policy.parameters())
     if train["optimizer"] == "adam":
         return Optimizers([torch.optim.Adam(params, **adam)])
+    if not hasattr(torch.optim, "Muon"):
+        raise ConfigError(f"train.optimizer=muon needs torch.optim.Muon, which torch {torch.__version__} lacks "
+                          "(torch 2.9 or newer has it): set train.optimizer=adam or upgrade torch")
     matrices = [p for p in params if p.ndim == 2]
     others = [p for p in params if p.ndim != 2]
     muon = torch.optim.Muon(matrices, lr=train["learning_rate"], weight_decay=0.0,
