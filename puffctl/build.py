@@ -110,11 +110,15 @@ def plan(flavor: str, csrc: Path, out_dir: Path) -> tuple[list[Step], Step]:
     torch_dir = Path(torch.__file__).resolve().parent
     cxx = os.environ.get("CXX", "c++")
     cxx_flags = [
-        "-O3", "-std=c++20", "-fPIC", "-march=native", "-fvisibility=hidden",
+        "-O3", "-std=c++20", "-fPIC", "-march=native", "-fvisibility=hidden", "-fopenmp",
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
         "-I", str(torch_dir / "include"), "-I", str(torch_dir / "include" / "torch" / "csrc" / "api" / "include"),
     ]
     libs = ["-L", str(torch_dir / "lib"), "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{torch_dir / 'lib'}"]
+    # at::parallel_for is OpenMP inside torch's headers: link the OpenMP runtime torch itself
+    # loaded, so torch.set_num_threads also sets this library's thread count.
+    torch_omp = sorted((torch_dir / "lib").glob("libgomp*.so*"))
+    libs += [f"-l:{torch_omp[0].name}"] if torch_omp else ["-fopenmp"]
     ops_flags: list[str] = []
     compiles = [Step("c++ advantage_cpu.cpp", [cxx, *cxx_flags, "-c", str(csrc / "advantage_cpu.cpp"),
                                                 "-o", str(out_dir / "advantage_cpu.o")])]
