@@ -39,6 +39,16 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Terminate a child process, and kill it if it has not exited after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass(frozen=True)
 class HostURL:
     """A parsed box address: `unix:///abs/path` or `ssh://[user@]host[:port]`."""
@@ -161,12 +171,7 @@ class SSHMux:
     def close(self) -> None:
         """Stop the master connection and remove its control socket."""
         if self._master is not None and self._master.poll() is None:
-            self._master.terminate()
-            try:
-                self._master.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._master.kill()
-                self._master.wait()
+            stop_process(self._master)
         self._master = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -293,12 +298,7 @@ class _DialStdio:
         if self._proc.poll() is None:
             if not self._proc.stdin.closed:
                 self._proc.stdin.close()
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_process(self._proc)
         if self._proc.stdout and not self._proc.stdout.closed:
             self._proc.stdout.close()
         if self._ready_r >= 0:

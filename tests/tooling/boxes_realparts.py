@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from puffctl.engine import stop_process
+
 TEST_IMAGE = "puffctl-test/busybox:1"
 BUSYBOX = Path("/bin/busybox")
 SSHD = Path("/usr/sbin/sshd")
@@ -187,12 +189,7 @@ class SSHServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process, grace=10)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
