@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from puffctl.errors import PuffctlError
@@ -208,17 +209,19 @@ def build(clean: bool = False, verbose: bool = False, flavor: str = "auto", cons
 def ensure_built(console: Console) -> bool:
     """Build once if no build exists (showing progress); True when the compiled ops are usable.
 
-    A failed build is reported and returns False: training then runs on the pure-torch ops.
+    Any failure, a compile error or a broken toolchain or cache, is reported and returns False:
+    training then runs on the pure-torch ops.
     """
     from trainer import extension
 
-    if extension.find_build() is not None:
-        return True
-    console.print("[bold]first use:[/] compiling the advantage extension (cached afterwards)")
     try:
+        if extension.find_build() is not None:
+            return True
+        console.print("[bold]first use:[/] compiling the advantage extension (cached afterwards)")
         result = build(console=console)
-    except PuffctlError as error:
-        console.print(f"[yellow]warning:[/] extension build failed, training uses the pure-torch ops\n{error}")
+    except Exception as error:  # noqa: BLE001 - a broken build must never stop training
+        console.print(f"[yellow]warning:[/] extension build failed, training uses the pure-torch ops\n"
+                      f"{escape(str(error) or type(error).__name__)}")
         return False
     console.print(f"[green]ok[/] {result.flavor} extension built in {result.seconds:.1f} s")
     return True

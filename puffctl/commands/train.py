@@ -68,7 +68,9 @@ def train(
         state, offset = RunState(run_id=path.name), 0
 
     if detach:
-        ensure_extension()
+        from puffctl.build import ensure_built
+
+        ensure_built(console)
         process = launch.start(path, resume=resume is not None)
         console.print(
             f"started [bold]{path.name}[/] (pid {process.pid}) in {escape(str(path))}\n"
@@ -79,23 +81,13 @@ def train(
     raise typer.Exit(run_attached(path, state, offset, resume=resume is not None, quiet=no_dashboard, runs_dir=runs_dir))
 
 
-def ensure_extension() -> None:
-    """Build the advantage extension on first use, with progress; a failed build only warns."""
-    from puffctl.build import ensure_built
-
-    try:
-        ensure_built(console)
-    except Exception as error:  # noqa: BLE001 - a broken build must never stop training
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        console.print(f"[yellow]warning:[/] extension check failed ({escape(detail)}); the trainer uses the pure-torch ops")
-
-
 def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, runs_dir: Optional[Path]) -> int:
     """Start the trainer and show the run until it exits; returns the CLI's exit code.
 
     The table goes on screen first, before the extension check and the trainer's imports.
     """
     from puffctl import launch
+    from puffctl.build import ensure_built
     from puffctl.dashboard import Dashboard, event_line, fit_width, human_duration, human_value
 
     fit_width(console)
@@ -107,7 +99,7 @@ def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, r
 
     def begin() -> subprocess.Popen:
         try:
-            ensure_extension()
+            ensure_built(console)
         except KeyboardInterrupt:
             if not resume:
                 shutil.rmtree(path, ignore_errors=True)

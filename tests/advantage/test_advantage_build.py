@@ -147,3 +147,14 @@ def test_doctor_hints_at_puffctl_build_when_nothing_is_built(tmp_path):
     proc = puffctl("doctor", env={"COLUMNS": "200", "PUFFCTL_CACHE_DIR": str(tmp_path)})
     assert proc.returncode == 0, "a missing build is not fatal: training falls back"
     assert "run `puffctl build`" in proc.stdout
+
+
+def test_ensure_built_reports_any_failure_and_lets_training_fall_back(monkeypatch):
+    def broken_cache(*_args):
+        raise PermissionError("[Errno 13] cache folder not writable")
+
+    monkeypatch.setattr(extension, "find_build", broken_cache)
+    console = Console(record=True, width=200)
+    assert build_module.ensure_built(console) is False
+    shown = console.export_text()
+    assert "training uses the pure-torch ops" in shown and "cache folder not writable" in shown
