@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 console = Console()
-runs_app = typer.Typer(help="The local run store (./runs, $PUFFCTL_RUNS_DIR or --runs-dir): list, show, tail, rm.", no_args_is_help=True)
+runs_app = typer.Typer(help="The local run store: list, show, tail, compare, pin, checkout, rm.\n\nRuns live in ./runs, $PUFFCTL_RUNS_DIR or --runs-dir.", no_args_is_help=True)
 
 RunsDir = typer.Option(None, "--runs-dir", help="Runs root (default: $PUFFCTL_RUNS_DIR, else ./runs).")
 STATUS_STYLE = {"running": "cyan", "completed": "green", "failed": "bold red", "interrupted": "yellow", "lost": "red"}
