@@ -8,6 +8,7 @@ Tab on the first word import no command module (and no rich).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -39,6 +40,12 @@ class LazyGroup(TyperGroup):
             self.commands[cmd_name] = load(cmd_name)
         return self.commands.get(cmd_name)
 
+    def get_help_option(self, ctx: click.Context):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.default = False  # typer's default None sends every Tab through its pydantic coercion
+        return option
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in COMMANDS]
         with formatter.section("Commands"):
@@ -63,7 +70,7 @@ app = typer.Typer(
     help="Experiment orchestrator for RL research: GPU boxes and their dev containers, the "
     "advantage extension, training profiles with a live profiling table, and a run store.",
     no_args_is_help=True,
-    add_completion=True,
+    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -73,7 +80,15 @@ def root() -> None:
     """The root group: its commands come from COMMANDS."""
 
 def main() -> None:
-    """Console entry point: run the app, turning PuffctlError into one line and its exit code."""
+    """Console entry point: run the app, turning PuffctlError into one line and its exit code.
+
+    `_PUFFCTL_COMPLETE=source_bash puffctl` prints the bash completion script (zsh, fish too);
+    the root has no --install-completion option because its parameter types would cost every Tab.
+    """
+    if os.environ.get("_PUFFCTL_COMPLETE"):
+        from typer.completion import completion_init
+
+        completion_init()
     try:
         app()
     except PuffctlError as error:
