@@ -445,7 +445,7 @@ def provision(engine: Engine, box: Box, repo: Path, variant: str = "cuda", overr
     """Build the dev image on the box from the repo's git-tracked files; return its tag."""
     import docker.errors
 
-    from puffctl.containers import git_archive
+    from puffctl.archive import git_archive
 
     args = build_args(variant, list(overrides))
     tag = tag or dev_image(variant)

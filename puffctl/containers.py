@@ -9,14 +9,11 @@ the image can be rebuilt and the container recreated without losing runs.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 import re
 import select
 import shlex
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -27,13 +24,14 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from puffctl.boxes import (DEFAULT_SHM, LABEL_BOX, LABEL_NAME, LABEL_OWNER, LABEL_PURPOSE, Box, size_gib,
                            owner, validate_box_name)
+from puffctl.archive import tree_archive
 from puffctl.errors import PuffctlError
 
 if TYPE_CHECKING:
     from puffctl.engine import Engine
 
 WORKSPACE = "/workspace"
-STATE_DIR = ".puffctl"  # inside the workspace: source.json and the manifest of synced files
+STATE_DIR = ".puffctl"  # inside the workspace: source.json, source.patch and the manifest of synced files (trainer.provenance.STATE_DIR)
 DEFAULT_NAME = "dev"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -236,88 +234,7 @@ def down(engine: Engine, name: str, purge: bool = False) -> str:
     return container.name
 
 
-# ---- sync: the git-tracked files into /workspace ----------------------------------------------
-
-@dataclass
-class Archive:
-    """A tar of a repo's tracked files (in a spooled temp file) and the list of what is in it."""
-
-    data: tempfile.SpooledTemporaryFile
-    files: list[str]
-    size: int
-
-
-def _git(repo: Path, *args: str) -> bytes:
-    try:
-        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True).stdout
-    except FileNotFoundError:
-        raise PuffctlError("git is not installed: sync and provision send the git-tracked files") from None
-    except subprocess.CalledProcessError as error:
-        raise PuffctlError(f"{repo} is not a usable git work tree: "
-                           f"{error.stderr.decode(errors='replace').strip().splitlines()[-1:]}") from None
-
-
-def repo_root(repo: Path | None = None) -> Path:
-    """The top of the git work tree containing repo (default: the current directory)."""
-    start = Path(repo) if repo else Path.cwd()
-    if not start.is_dir():
-        raise PuffctlError(f"{start} is not a directory")
-    return Path(_git(start, "rev-parse", "--show-toplevel").decode().strip())
-
-
-def tracked_files(repo: Path) -> list[str]:
-    """`git ls-files`: the files that reach a container (tracked ones, as they are in the work tree)."""
-    return [p for p in _git(repo, "ls-files", "-z").decode().split("\0") if p]
-
-
-def source_info(repo: Path) -> dict:
-    """{"commit", "dirty", "diff_hash"}: provenance of a synced tree (docs/events.md, source.json).
-
-    diff_hash is the sha256 of `git diff --binary HEAD` (tracked changes), null when clean.
-    """
-    try:
-        commit = _git(repo, "rev-parse", "--verify", "HEAD").decode().strip()
-    except PuffctlError:
-        commit = None
-    dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no").strip())
-    diff_hash = None
-    if dirty and commit:
-        diff_hash = hashlib.sha256(_git(repo, "diff", "--binary", "HEAD")).hexdigest()
-    return {"commit": commit, "dirty": dirty, "diff_hash": diff_hash}
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def git_archive(repo: Path, extra: dict[str, bytes] | None = None) -> Archive:
-    """Tar the tracked files of repo from its work tree (missing ones skipped) plus extra files."""
-    repo = Path(repo)
-    files = tracked_files(repo)
-    data = tempfile.SpooledTemporaryFile(max_size=64 * 2**20)
-    present = []
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        for path in files:
-            full = repo / path
-            if not os.path.lexists(full):
-                continue
-            info = tar.gettarinfo(str(full), arcname=path)
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            if info.isreg():
-                with open(full, "rb") as handle:
-                    tar.addfile(info, handle)
-            else:
-                tar.addfile(info)
-            present.append(path)
-        for name, content in (extra or {}).items():
-            _add_bytes(tar, name, content)
-    size = data.tell()
-    data.seek(0)
-    return Archive(data, present, size)
-
+# ---- sync: the described tree into /workspace ----------------------------------------------
 
 @dataclass
 class SyncResult:
@@ -328,15 +245,13 @@ class SyncResult:
 
 
 def sync(engine: Engine, name: str, repo: Path) -> SyncResult:
-    """Upload the tracked files to /workspace (put_archive), drop files no longer tracked, write source.json."""
+    """Upload the tree the provenance describes (tracked files and untracked ones that are not
+    ignored) to /workspace, drop files no longer there, and write its source.json and source.patch."""
     container = resolve(engine, name, verb="sync")
     if container.status != "running":
         raise PuffctlError(f"container {container.name} is {container.status}: `puffctl container up {engine.box}` first")
-    source = source_info(repo)
-    files = tracked_files(repo)
-    manifest = "\n".join(files).encode() + b"\n"
-    archive = git_archive(repo, {f"{STATE_DIR}/source.json": json.dumps(source, indent=2).encode() + b"\n",
-                                 f"{STATE_DIR}/manifest.txt": manifest})
+    archive, source = tree_archive(repo)
+    files = archive.files
     previous = _read_file(engine, container, f"{WORKSPACE}/{STATE_DIR}/manifest.txt")
     stale = sorted(set(previous.decode(errors="replace").splitlines()) - set(files)) if previous else []
     if not container.put_archive(WORKSPACE, archive.data):

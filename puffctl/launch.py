@@ -8,7 +8,6 @@ events.jsonl, never the trainer's printed output.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -26,36 +25,10 @@ import yaml
 from puffctl import runs
 from puffctl.errors import PuffctlError
 from puffctl.events import RunState, Tail
+from trainer import provenance
 
 #: Seconds the trainer gets after the second Ctrl-C before it is killed.
 KILL_GRACE = 3.0
-
-
-def git_source(directory: Path) -> dict | None:
-    """{"commit", "dirty", "diff_hash"} of the git checkout rooted at `directory`, or None.
-
-    None also when `directory` is only somewhere inside another repository (an installed
-    package in a project's virtualenv): that commit would not identify this code.
-    """
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, timeout=30)
-
-    try:
-        top = git("rev-parse", "--show-toplevel")
-        if top.returncode != 0 or Path(top.stdout.decode().strip()).resolve() != directory.resolve():
-            return None
-        commit = git("rev-parse", "HEAD")
-        if commit.returncode != 0:
-            return None
-        diff = git("diff", "HEAD").stdout  # the same bytes the trainer hashes without source.json
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return {
-        "commit": commit.stdout.decode().strip(),
-        "dirty": bool(diff),
-        "diff_hash": hashlib.sha256(diff).hexdigest() if diff else None,
-    }
 
 
 def code_root() -> Path:
@@ -67,16 +40,15 @@ def code_root() -> Path:
 
 
 def prepare(root: Path, base_name: str, config: dict, launch: dict, *, exact: bool = False) -> Path:
-    """Create a fresh run directory with config.yaml, source.json and launch.json.
+    """Create a fresh run directory with config.yaml, launch.json and the code's provenance
+    (source.json, source.patch: trainer/provenance.py).
 
     The run id is `base_name` itself when `exact`, else `<base_name>-<UTC time>`.
     """
     path = runs.create_run_dir(root, base_name if exact else runs.slug(base_name), exact=exact)
     try:
         (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        source = git_source(code_root())
-        if source is not None:
-            runs.write_json(path / "source.json", source)
+        provenance.record(path, code_root())
         runs.write_json(path / runs.LAUNCH_FILE, {**launch, "created": time.time(), "host": socket.gethostname()})
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)

@@ -8,12 +8,10 @@ last good checkpoint left intact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -22,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from trainer import checkpoint
+from trainer import checkpoint, provenance
 from trainer.config import ConfigError
 from trainer.events import EventWriter
 
@@ -31,28 +29,6 @@ EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 class RunError(Exception):
     """A bad request about the run itself (resume a completed run, reuse a run dir): exit 2."""
-
-
-def git_provenance(run_dir: Path) -> dict | None:
-    """{"commit", "dirty", "diff_hash"} from RUN_DIR/source.json, else from git in the cwd, else None."""
-    source = run_dir / "source.json"
-    if source.is_file():
-        try:
-            return json.loads(source.read_text())
-        except (OSError, ValueError):
-            return None
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                                  timeout=10).stdout
-
-        commit = git("rev-parse", "HEAD").strip()
-        diff = git("diff", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
-        return {"commit": commit, "dirty": dirty,
-                "diff_hash": hashlib.sha256(diff.encode()).hexdigest() if dirty else None}
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class Window:
@@ -186,9 +162,12 @@ class Run:
         total_steps = config["train"]["total_timesteps"]
         interval = config["train"]["checkpoint_interval"]
         progress_interval = config["logger"]["progress_interval"]
-        events.emit("start", config=config, git=git_provenance(self.run_dir), host=socket.gethostname(),
+        source = provenance.record(self.run_dir, Path(__file__).resolve().parent.parent)
+        events.emit("start", config=config, git=source, host=socket.gethostname(),
                     device=str(trainer.device), params=trainer.policy_params, total_steps=total_steps,
                     resumed=self.resume, epoch=trainer.epoch, agent_steps=trainer.agent_steps)
+        if source and source.get("patch_note"):
+            events.message("warning", f"{source['patch_note']}: `puffctl runs checkout` cannot restore this run's code")
         events.update_status(epoch=trainer.epoch, agent_steps=trainer.agent_steps)
         profiler.mark(trainer.epoch, trainer.agent_steps)
         window, last_env, losses = Window(), {}, {key: None for key in loss_keys}

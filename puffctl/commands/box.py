@@ -126,7 +126,7 @@ def provision(
     from rich.status import Status
 
     from puffctl import boxes
-    from puffctl.containers import repo_root
+    from puffctl.archive import repo_root
 
     box = boxes.get_box(name)
     root = repo_root(repo)

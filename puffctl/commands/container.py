@@ -68,11 +68,11 @@ def sync(
     target: str = typer.Argument(..., metavar="BOX[/NAME]", help=TARGET_HELP),
     repo: Path = typer.Option(None, "--repo", help="Git work tree to send (default: the one you are in)."),
 ) -> None:
-    """Copy the git-tracked files into /workspace (Docker archive upload), with source.json provenance."""
-    from puffctl import boxes, containers
+    """Copy the tree into /workspace (tracked files and untracked ones not ignored), with its provenance."""
+    from puffctl import archive, boxes, containers
 
     box_name, name = containers.parse_target(target)
-    root = containers.repo_root(repo)
+    root = archive.repo_root(repo)
     with boxes.open_box(box_name) as engine, console.status(f"syncing {root} to {target}"):
         result = containers.sync(engine, name, root)
     dirty = " (dirty)" if result.source["dirty"] else ""

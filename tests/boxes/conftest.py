@@ -154,5 +154,5 @@ def git_repo(tmp_path):
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "init")
     (repo / "README.md").write_text("test repo, edited\n")
-    (repo / "notes.txt").write_text("untracked: must not be synced\n")
+    (repo / "notes.txt").write_text("untracked, not ignored: synced and in the patch\n")
     return repo
