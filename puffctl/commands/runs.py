@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from puffctl.errors import PuffctlError
+
 console = Console()
 runs_app = typer.Typer(help="The local run store: list, show, tail, compare, pin, checkout, rm.\n\nRuns live in ./runs, $PUFFCTL_RUNS_DIR or --runs-dir.", no_args_is_help=True)
 
@@ -134,6 +136,103 @@ def tail(
     final = runs.get_run(root, run_id)
     if final.status == "lost":
         console.print(f"[red]lost[/]: run {run_id} stopped without an end event (pid {final.status_file.get('pid')} is gone)")
+
+
+@runs_app.command("compare")
+def compare(
+    names: list[str] = typer.Argument(..., metavar="RUN...", help="Run ids, pinned names or run directories; the first is the reference."),
+    metric: Optional[str] = typer.Option(None, "--metric", metavar="KEY", help="What to compare: an env stat (default: the return), losses.KEY, or sps."),
+    png: Optional[Path] = typer.Option(None, "--png", metavar="FILE", help="Also write the overlaid curves to this PNG."),
+    runs_dir: Optional[Path] = RunsDir,
+) -> None:
+    """Runs side by side: overlaid curves, the metric at matched steps (25/50/75/100% of the
+    shortest run) with the difference to the first run, SPS, and the config and provenance
+    keys that differ."""
+    from puffctl import compare as comparing, runs
+    from puffctl.dashboard import fit_width, human_count, human_value
+
+    fit_width(console)
+    result = comparing.compare(runs.runs_root(runs_dir), names, metric)
+    colors = ("cyan", "magenta", "green", "yellow", "blue", "red", "white")
+    table = Table(title=f"{escape(result.metric)} at matched steps (difference to {escape(result.curves[0].run_id)})")
+    table.add_column("run")
+    for step in result.matched_steps:
+        table.add_column(human_count(step), justify="right")
+    table.add_column("SPS (median)", justify="right")
+    values = result.values_at_matched()
+    for index, (curve, row, sps) in enumerate(zip(result.curves, values, result.sps())):
+        cells = []
+        for column, value in enumerate(row):
+            base = values[0][column]
+            delta = "" if index == 0 or value is None or base is None else f" ({value - base:+.4g})"
+            cells.append(human_value(value) + delta)
+        table.add_row(f"[{colors[index % len(colors)]}]{escape(curve.run_id)}[/]", *cells, human_count(sps))
+    console.print(table)
+    grid, low, high, end = comparing.text_plot(result.curves, width=max(20, min(console.width - 12, 100)))
+    for number, cells in enumerate(grid):
+        label = human_value(high) if number == 0 else human_value(low) if number == len(grid) - 1 else ""
+        line = f"{label:>9} |" + "".join(" " if cell is None else f"[{colors[cell % len(colors)]}]\u2022[/]" for cell in cells)
+        console.print(line, highlight=False)
+    console.print(f"{'':>9} 0{'agent steps':^{len(grid[0]) - 8}}{human_count(end):>7}", highlight=False)
+    for title, rows in (("config", result.config_diff), ("provenance", result.provenance_diff)):
+        if not rows:
+            console.print(f"[dim]{title}: the same in every run[/]")
+            continue
+        diff = Table(title=f"{title} that differs")
+        diff.add_column("key")
+        for curve in result.curves:
+            diff.add_column(escape(curve.run_id))
+        for key, cells in rows:
+            diff.add_row(escape(key), *(escape("-" if cell is None else str(cell)) for cell in cells))
+        console.print(diff)
+    if png is not None:
+        console.print(f"wrote {escape(str(comparing.png_plot(result, png)))}", highlight=False)
+
+
+@runs_app.command("pin")
+def pin(
+    run_id: Optional[str] = typer.Argument(None, metavar="RUN", help="Run id or run directory to pin (omit to list the pins)."),
+    name: Optional[str] = typer.Option(None, "--as", metavar="NAME", help="The reference's name, for `train --against NAME` and compare."),
+    runs_dir: Optional[Path] = RunsDir,
+) -> None:
+    """Pin a run as a named reference ("the good curve"); with no RUN, list the pins."""
+    from puffctl import curves, runs
+
+    root = runs.runs_root(runs_dir)
+    if run_id is None:
+        for pinned, target in sorted(curves.pins(root).items()):
+            console.print(f"{escape(pinned):<20} {escape(target)}", highlight=False)
+        return
+    if not name:
+        raise PuffctlError("name the reference: puffctl runs pin RUN --as NAME")
+    path = curves.pin(root, run_id, name)
+    console.print(f"pinned {escape(str(path))} as [bold]{escape(name)}[/]", highlight=False)
+
+
+@runs_app.command("checkout")
+def checkout(
+    run_id: str = typer.Argument(..., metavar="RUN", help="Run id, pinned name or run directory."),
+    into: Optional[Path] = typer.Option(None, "--into", metavar="DIR", help="Where to recreate the code (default: next to the repository, REPO-RUN)."),
+    repo: Optional[Path] = typer.Option(None, "--repo", metavar="DIR", help="The git repository that has the run's commit (default: the one you are in)."),
+    runs_dir: Optional[Path] = RunsDir,
+) -> None:
+    """Recreate the exact code of a run: a git worktree at its commit with its uncommitted
+    changes (source.patch, untracked files included) applied, verified against the diff hash."""
+    from puffctl import curves, runs
+    from trainer import provenance
+
+    path = curves.resolve(runs.runs_root(runs_dir), run_id)
+    source = provenance.read(path)
+    if source is None:
+        raise PuffctlError(f"run {path.name} has no {provenance.SOURCE_FILE}: its code was not in a git checkout")
+    try:
+        top = provenance.repo_root(repo)
+        target = into or top.parent / f"{top.name}-{path.name}"
+        restored = provenance.restore(top, source, target)
+    except provenance.ProvenanceError as error:
+        raise PuffctlError(f"checkout of {path.name}: {error}") from None
+    state = "with its uncommitted changes" if source.info.get("dirty") else "clean"
+    console.print(f"checked out {escape(path.name)} at {source.info['commit'][:12]} ({state}) in {escape(str(restored))}", highlight=False)
 
 
 @runs_app.command("rm")
