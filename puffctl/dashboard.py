@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -17,6 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from puffctl.events import RunState
+
+if TYPE_CHECKING:
+    from puffctl.curves import Curve
 
 SPARK = "▁▂▃▄▅▆▇█"
 LOSS_ORDER = (
@@ -176,8 +181,36 @@ def _metrics(title: str, values: dict, order: Sequence[str] = ()) -> Table:
     return table
 
 
-def render(state: RunState) -> RenderableType:
-    """The full table: header, summary | performance, losses | env stats, sparkline, message."""
+def reference_line(state: RunState, reference: Reference) -> Text:
+    """This run's metric next to the reference's at the same agent step, and the difference."""
+    from puffctl.curves import pick
+
+    mine = pick({"env": state.env, "losses": state.losses, "sps": state.sps}, reference.curve.metric)
+    theirs = reference.curve.at(state.agent_steps)
+    line = Text(f"vs {reference.name} ", style="dim")
+    line.append(f"{reference.curve.metric} {human_value(mine)}")
+    if theirs is None:
+        line.append(f"  reference: no reading at {human_count(state.agent_steps)} steps "
+                    f"(it covers {human_count(reference.curve.steps[0] if reference.curve.steps else 0)}"
+                    f"-{human_count(reference.curve.steps[-1] if reference.curve.steps else 0)})", style="dim")
+        return line
+    line.append(f"  reference {human_value(theirs)} at {human_count(state.agent_steps)} steps")
+    if mine is not None:
+        delta = mine - theirs
+        line.append(f"  ({delta:+.4g})", style="green" if delta >= 0 else "red")
+    return line
+
+
+@dataclass
+class Reference:
+    """A reference run shown in the live table: its name and its metric curve."""
+
+    name: str
+    curve: Curve
+
+
+def render(state: RunState, reference: Reference | None = None) -> RenderableType:
+    """The full table: header, summary | performance, losses | env stats, sparkline, reference, message."""
     body = Table.grid(padding=(0, 4))
     body.add_column()
     body.add_column()
@@ -189,6 +222,8 @@ def render(state: RunState) -> RenderableType:
         line.append(sparkline(state.returns), style="green")
         line.append(f" {human_value(state.returns[-1])} (best {human_value(state.best_return)})")
         parts.append(line)
+    if reference is not None:
+        parts.append(reference_line(state, reference))
     if state.status not in ("starting", "running") and state.reason:
         parts.append(Text(f"{state.status}: {state.reason}", style=STATUS_STYLE.get(state.status, "")))
     elif state.message:
@@ -245,8 +280,10 @@ class Dashboard:
     seconds, unless the event ends the run.
     """
 
-    def __init__(self, console: Console, *, live: bool | None = None, min_interval: float = 0.1) -> None:
+    def __init__(self, console: Console, *, live: bool | None = None, min_interval: float = 0.1,
+                 reference: Reference | None = None) -> None:
         self.console = console
+        self.reference = reference
         self.live = console.is_terminal if live is None else live
         self.min_interval = min_interval
         self._live: Live | None = None
@@ -258,7 +295,7 @@ class Dashboard:
     def start(self, state: RunState) -> None:
         """Put the (possibly empty) table on screen at once."""
         if self.live and self._live is None:
-            self._live = Live(render(state), console=self.console, auto_refresh=False, transient=False)
+            self._live = Live(render(state, self.reference), console=self.console, auto_refresh=False, transient=False)
             self._live.start(refresh=True)
             self._drawn = time.monotonic()
 
@@ -266,6 +303,8 @@ class Dashboard:
         """Show `state` after `event` was folded into it."""
         if not self.live:
             line = event_line(state, event)
+            if line is not None and self.reference is not None and event.get("type") == "progress":
+                line += f" | {reference_line(state, self.reference).plain}"
             if line is not None:
                 self.console.print(line, highlight=False, markup=False, soft_wrap=True)
             return
@@ -274,14 +313,14 @@ class Dashboard:
         now = time.monotonic()
         if event.get("type") in ("end", "start", "message", "checkpoint") or now - self._drawn >= self.min_interval:
             assert self._live is not None
-            self._live.update(render(state), refresh=True)
+            self._live.update(render(state, self.reference), refresh=True)
             self._drawn = now
 
     def stop(self, state: RunState | None = None) -> None:
         """Leave the final table on screen."""
         if self._live is not None:
             if state is not None:
-                self._live.update(render(state), refresh=True)
+                self._live.update(render(state, self.reference), refresh=True)
             self._live.stop()
             self._live = None
 

@@ -21,7 +21,7 @@ import yaml
 
 from puffctl.errors import PuffctlError
 
-PROFILE_KEYS = ("extends", "description")
+PROFILE_KEYS = ("extends", "description", "reference")
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 
@@ -136,6 +136,11 @@ class Profile:
         """The profile's one-line description (inherited if its own file has none)."""
         text = str(self.merged.get("description") or "").strip()
         return text.splitlines()[0] if text else ""
+
+    @property
+    def reference(self) -> str:
+        """The run the live table compares against (a pinned name or run; "" if none)."""
+        return str(self.merged.get("reference") or "")
 
     @property
     def overrides(self) -> dict:

@@ -29,6 +29,7 @@ def train(
     resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN", help="Continue run RUN from its latest checkpoint (same id, its own config)."),
     detach: bool = typer.Option(False, "--detach", help="Start the run and return; watch it with `puffctl runs tail RUN -f`."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="No table: print only the run id, warnings and the final line."),
+    against: Optional[str] = typer.Option(None, "--against", metavar="RUN", help="Show a reference run's metric at the same step, with the difference: a pinned name (`puffctl runs pin`), run id or run dir. Default: the profile's `reference:`."),
 ) -> None:
     """Train a profile and watch it: summary, SPS, where each epoch's time goes, losses, env stats.
 
@@ -52,6 +53,8 @@ def train(
         launch.check_resumable(run)
         runs.ensure_writable(root)
         path = run.path
+        against = against or run.launch.get("against")
+        reference = load_reference(root, against) if against else None
         state, offset = launch.history(path)
     else:
         if profile is None:
@@ -63,7 +66,10 @@ def train(
         loaded = profiles.load(profile)
         config = profiles.build_config(loaded, sets=sets, env=env, seed=seed, steps=steps, logger=logger)
         runs.ensure_writable(root)
-        record = {"profile": loaded.name, "profile_file": str(loaded.path), "sets": list(sets), "env": config["env"]["name"]}
+        against = against or loaded.reference or None
+        reference = load_reference(root, against) if against else None
+        record = {"profile": loaded.name, "profile_file": str(loaded.path), "sets": list(sets), "env": config["env"]["name"],
+                  "against": against}
         path = launch.prepare(root, name or loaded.name, config, record, exact=name is not None)
         state, offset = RunState(run_id=path.name), 0
 
@@ -78,10 +84,23 @@ def train(
             highlight=False,
         )
         return
-    raise typer.Exit(run_attached(path, state, offset, resume=resume is not None, quiet=no_dashboard, runs_dir=runs_dir))
+    raise typer.Exit(run_attached(path, state, offset, resume=resume is not None, quiet=no_dashboard, runs_dir=runs_dir,
+                                  reference=reference))
 
 
-def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, runs_dir: Optional[Path]) -> int:
+def load_reference(root: Path, name: str):
+    """The reference run's return curve for the live table."""
+    from puffctl import curves
+    from puffctl.dashboard import Reference
+
+    path = curves.resolve(root, name)
+    curve = curves.read_curve(path, curves.default_metric(path))
+    if not curve.steps:
+        raise PuffctlError(f"--against {name}: run {path.name} has no {curve.metric} readings to compare with")
+    return Reference(name if name == path.name else f"{name} ({path.name})", curve)
+
+
+def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, runs_dir: Optional[Path], reference=None) -> int:
     """Start the trainer and show the run until it exits; returns the CLI's exit code.
 
     The table goes on screen first, before the extension check and the trainer's imports.
@@ -110,7 +129,7 @@ def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, r
         console.print(f"run {path.name}: {path}", markup=False, highlight=False)
         outcome = launch.watch(begin(), path, show_quiet, state=state, offset=offset)
     else:
-        with Dashboard(console) as board:
+        with Dashboard(console, reference=reference) as board:
             board.start(state)
             outcome = launch.watch(begin(), path, board.update, state=state, offset=offset)
             board.stop(outcome.state)

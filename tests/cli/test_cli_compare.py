@@ -94,3 +94,22 @@ def test_checkout_command_recreates_a_runs_code(tmp_path):
     assert (code / "a.py").read_text() == "x = 2\n" and (code / "b.py").read_text() == "new\n"
     again = invoke("runs", "checkout", "r1", "--repo", str(repo), "--runs-dir", str(store))
     assert again.exit_code != 0 and "already exists" in str(again.exception)
+
+
+def test_train_against_a_pinned_reference_shows_its_value_at_the_same_step(tmp_path):
+    import os
+    import re
+    import sys
+
+    make_run(tmp_path, "known", slope=1.0, last=200_000, every=1_000)  # reference value = steps / 1000
+    assert invoke("runs", "pin", "known", "--as", "good", "--runs-dir", str(tmp_path)).exit_code == 0
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "puffctl", "train", "baseline", "--steps", "20000", "--name", "live",
+                             "--against", "good", "--runs-dir", str(tmp_path)], cwd=repo, capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "400"}, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = re.findall(r"\| vs good \(known\) episode_return (\S+)\s+reference (\S+) at (\S+)k steps", result.stdout)
+    assert shown, result.stdout
+    for mine, theirs, steps in shown:
+        assert float(theirs) == pytest.approx(float(steps), abs=0.06)
+    assert json.loads((tmp_path / "live" / "launch.json").read_text())["against"] == "good"
