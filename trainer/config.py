@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 class Key:
     """One config key: its type, default and help; `choices`, `nullable` and range as checks."""
 
-    type: str  # int | float | bool | str | dict | int|auto
+    type: str  # int | float | bool | str | dict | list | int|auto
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
@@ -83,12 +83,22 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "norm_adv": Key("bool", True, "normalize advantages per minibatch"),
         "checkpoint_interval": Key("int", 200, "epochs between checkpoints; 0 = only at the end", min=0),
         "keep_checkpoints": Key("int", 3, "how many recent checkpoints to keep", min=1),
+        "halt_on": Key("list", [], "watchdogs that end the run as failed instead of warning: kl, value_loss, grad_norm, sps",
+                       choices=("kl", "value_loss", "grad_norm", "sps")),
     },
     "logger": {
         "backend": Key("str", "local", "local run store only, or also a Neptune sink", choices=("local", "neptune")),
         "progress_interval": Key("float", 0.5, "seconds between progress events (0 = every epoch)", min=0),
         "sps_window": Key("float", 5.0, "wall-clock window (s) for SPS and timings", min=0, min_exclusive=True),
         "neptune_project": Key("str", None, "Neptune project (workspace/name)", nullable=True),
+    },
+    "watchdog": {
+        "enabled": Key("bool", True, "check each epoch's diagnostics and warn (trainer/watchdog.py)"),
+        "kl_max": Key("float", 0.1, "kl: warn when approx_kl exceeds this", min=0, min_exclusive=True),
+        "jump_factor": Key("float", 10.0, "value_loss, grad_norm: warn when one exceeds this many times its recent median",
+                           min=1, min_exclusive=True),
+        "window": Key("int", 20, "epochs in the recent median", min=5),
+        "sps_ratio": Key("float", 0.3, "sps: warn when SPS falls below this fraction of its recent median", min=0, max=1),
     },
 }
 
@@ -135,6 +145,13 @@ def _check_type(path: str, key: Key, value: Any) -> Any:
             raise ConfigError(f"{path}={value!r} must be a string")
         if key.choices and value not in key.choices:
             raise ConfigError(f"{path}={value!r} must be one of {', '.join(key.choices)}")
+    elif kind == "list":
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}={value!r} must be a list, e.g. [{', '.join(key.choices or ())}]")
+        unknown = [item for item in value if key.choices and item not in key.choices]
+        if unknown:
+            raise ConfigError(f"{path}: {unknown[0]!r} is not one of {', '.join(key.choices)}")
+        value = list(value)
     elif kind == "dict":
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}={value!r} must be a mapping")

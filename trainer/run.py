@@ -23,6 +23,7 @@ import yaml
 from trainer import checkpoint, provenance
 from trainer.config import ConfigError
 from trainer.events import EventWriter
+from trainer.watchdog import Watchdog
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -171,11 +172,22 @@ class Run:
         events.update_status(epoch=trainer.epoch, agent_steps=trainer.agent_steps)
         profiler.mark(trainer.epoch, trainer.agent_steps)
         window, last_env, losses = Window(), {}, {key: None for key in loss_keys}
+        watchdog, halt_on = Watchdog(config["watchdog"]), set(config["train"]["halt_on"])
         last_progress = time.perf_counter()
         while trainer.agent_steps < total_steps:
             window.add(trainer.evaluate())
             losses = trainer.train()
             profiler.mark(trainer.epoch, trainer.agent_steps)
+            alarms = watchdog.check(losses, profiler.sps())
+            for alarm in alarms:
+                if alarm.name not in halt_on:
+                    events.message("warning", f"watchdog {alarm.name}: {alarm.text}")
+            halting = [alarm for alarm in alarms if alarm.name in halt_on]
+            if halting:
+                self._checkpoint(trainer)
+                reason = f"halted by watchdog {halting[0].name} (train.halt_on): {halting[0].text}; checkpoint kept"
+                self._end(trainer, "failed", reason, {"losses": losses, "env": window.read() or last_env})
+                return EXIT_FAILED
             done = trainer.agent_steps >= total_steps
             now = time.perf_counter()
             if done or self.stop_signal or now - last_progress >= progress_interval:

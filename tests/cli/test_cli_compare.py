@@ -113,3 +113,4 @@ def test_train_against_a_pinned_reference_shows_its_value_at_the_same_step(tmp_p
     for mine, theirs, steps in shown:
         assert float(theirs) == pytest.approx(float(steps), abs=0.06)
     assert json.loads((tmp_path / "live" / "launch.json").read_text())["against"] == "good"
+    assert not re.search(r"watchdog (kl|value_loss|grad_norm)", result.stdout), "a healthy run raises no watchdog"
