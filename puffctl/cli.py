@@ -21,6 +21,7 @@ from puffctl.errors import PuffctlError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("puffctl.commands.train", "Train a profile and watch it: summary, SPS, where each epoch's time goes, losses, env stats."),
     
+    "eval": ("puffctl.commands.evaluate", "Play a run's checkpoint without training: the eval score with a 95% CI, next to the training score."),
     "runs": ("puffctl.commands.runs", "The local run store: list, show, tail, compare, pin, checkout, rm."),
     "profile": ("puffctl.commands.profile", "Named training profiles (profiles/*.yaml): list, show, validate."),
     "build": ("puffctl.commands.toolchain", "Compile the C++/CUDA advantage ops, cached by source hash and torch/CUDA version."),
