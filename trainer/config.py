@@ -117,9 +117,37 @@ def keys() -> dict[str, tuple[str, Any, str]]:
     }
 
 
+#: Names other RL libraries use for our keys, for suggestions (`train.lr` -> `train.learning_rate`).
+ALIASES: dict[str, str] = {
+    "lr": "learning_rate", "learningrate": "learning_rate", "step_size": "learning_rate",
+    "discount": "gamma", "lam": "gae_lambda", "lmbda": "gae_lambda", "lambda": "gae_lambda", "gae": "gae_lambda",
+    "ent": "ent_coef", "entropy_coef": "ent_coef", "entropy_coefficient": "ent_coef", "ent_coeff": "ent_coef",
+    "vf": "vf_coef", "value_coef": "vf_coef", "value_loss_coef": "vf_coef", "vf_coeff": "vf_coef",
+    "clip": "clip_coef", "clip_range": "clip_coef", "clip_param": "clip_coef", "clip_ratio": "clip_coef",
+    "vf_clip": "vf_clip_coef", "clip_range_vf": "vf_clip_coef", "value_clip": "vf_clip_coef",
+    "grad_clip": "max_grad_norm", "clip_grad_norm": "max_grad_norm", "max_norm": "max_grad_norm",
+    "epochs": "update_epochs", "n_epochs": "update_epochs", "ppo_epochs": "update_epochs", "num_epochs": "update_epochs",
+    "mini_batch_size": "minibatch_size", "mb_size": "minibatch_size", "minibatch": "minibatch_size",
+    "horizon": "bptt_horizon", "n_steps": "bptt_horizon", "unroll_length": "bptt_horizon", "rollout_length": "bptt_horizon",
+    "steps": "total_timesteps", "timesteps": "total_timesteps", "total_steps": "total_timesteps", "num_timesteps": "total_timesteps",
+    "n_envs": "num_envs", "envs": "num_envs", "num_workers": "num_envs", "id": "name", "env_id": "name",
+    "hidden": "hidden_size", "hidden_dim": "hidden_size", "width": "hidden_size", "layers": "num_layers", "depth": "num_layers",
+    "threads": "cpu_threads", "optim": "optimizer", "deterministic": "torch_deterministic",
+}
+
+
 def _suggest(path: str, candidates: list[str]) -> str:
-    match = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
-    return f" (did you mean {match[0]}?)" if match else ""
+    """" (did you mean X?)" for an unknown key: an alias's key (this section first), the same
+    key in another section, else the closest spelling."""
+    section, _, name = path.rpartition(".")
+    wanted = ALIASES.get(name.lower().replace("-", "_"), name.lower().replace("-", "_"))
+    ranked = sorted(candidates, key=lambda c: not c.startswith(f"{section}."))  # this section first
+    by_name = {}
+    for candidate in ranked:
+        by_name.setdefault(candidate.rpartition(".")[2], candidate)
+    close = difflib.get_close_matches(wanted, list(by_name), n=1, cutoff=0.6)
+    match = by_name.get(wanted) or (by_name[close[0]] if close else None)
+    return f" (did you mean {match}?)" if match else ""
 
 
 def _check_type(path: str, key: Key, value: Any) -> Any:

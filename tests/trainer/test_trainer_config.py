@@ -101,3 +101,23 @@ def test_muon_on_a_torch_without_it_is_a_config_error(monkeypatch):
     train = {**DEFAULTS["train"], "optimizer": "muon"}
     with pytest.raises(ConfigError, match="train.optimizer=muon needs torch.optim.Muon"):
         optim.make_optimizer(torch.nn.Linear(3, 2), train)
+
+
+@pytest.mark.parametrize("overrides, suggestion", [
+    ({"train": {"lr": 0.1}}, "unknown key train.lr (did you mean train.learning_rate?)"),
+    ({"train": {"clip_range": 0.1}}, "(did you mean train.clip_coef?)"),
+    ({"train": {"num_envs": 8}}, "unknown key train.num_envs (did you mean env.num_envs?)"),
+    ({"env": {"n_envs": 8}}, "(did you mean env.num_envs?)"),
+    ({"policy": {"hiden_size": 8}}, "(did you mean policy.hidden_size?)"),
+    ({"trian": {}}, "unknown section trian (did you mean train?)"),
+])
+def test_suggestions_know_aliases_and_other_sections(overrides, suggestion):
+    with pytest.raises(config.ConfigError) as error:
+        config.resolve(overrides)
+    assert suggestion in str(error.value)
+
+
+def test_no_suggestion_for_a_key_like_nothing():
+    with pytest.raises(config.ConfigError) as error:
+        config.resolve({"train": {"zzz": 1}})
+    assert str(error.value) == "unknown key train.zzz"
