@@ -1,8 +1,9 @@
 """Throughput: agent steps per second of the full training loop (collection + training) on
 CartPole-v1, for an MLP policy and PufferLib's default shape (128 encoder + LSTM 128), at a
-few batch sizes, with the profiler's breakdown and the profiler's own cost.
+few batch sizes, with the profiler's breakdown and the profiler's own cost, and the watchdogs'
+cost (trainer/watchdog.py, fed once per epoch as trainer/run.py does) side by side.
 
-    python bench/sps.py [--seconds 8] [--device auto] [--out FILE]
+    python bench/sps.py [--seconds 8] [--device auto] [--no-overhead] [--no-watchdog] [--out FILE]
 
 Prints tables and writes JSON (bench/results/sps.json unless --out).
 """
@@ -27,6 +28,7 @@ from rich.table import Table  # noqa: E402
 from trainer import config as config_module  # noqa: E402
 from trainer.profiler import Profiler  # noqa: E402
 from trainer.train import Trainer, select_device  # noqa: E402
+from trainer.watchdog import Watchdog  # noqa: E402
 
 POLICIES = {
     "mlp": {"hidden_size": 128, "lstm": False},
@@ -37,7 +39,7 @@ SHAPES = [(1024, 64, 16384), (2048, 64, 32768), (4096, 64, 65536)]
 
 
 def measure(policy: str, num_envs: int, horizon: int, minibatch: int, seconds: float, device: str,
-            threads: int, precision: str, timing: bool = True) -> dict:
+            threads: int, precision: str, timing: bool = True, watchdog: bool = False) -> dict:
     """Run the loop for about `seconds` after two warm-up epochs; SPS over whole epochs."""
     config = config_module.resolve({
         "env": {"name": "gym:CartPole-v1", "num_envs": num_envs},
@@ -53,11 +55,14 @@ def measure(policy: str, num_envs: int, horizon: int, minibatch: int, seconds: f
         trainer.train()
     profiler.snapshots.clear()
     profiler.mark(trainer.epoch, trainer.agent_steps)
+    dog = Watchdog(config["watchdog"]) if watchdog else None
     start, cpu_start = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         trainer.evaluate()
-        trainer.train()
+        losses = trainer.train()
         profiler.mark(trainer.epoch, trainer.agent_steps)
+        if dog is not None:
+            dog.check(losses, profiler.sps())
     cpu_seconds = time.process_time() - cpu_start
     result = {"policy": policy, "num_envs": num_envs, "horizon": horizon, "batch": num_envs * horizon,
               "minibatch": minibatch, "threads": threads, "precision": precision, "device": str(trainer.device),
@@ -79,6 +84,16 @@ def timer_cost_ns() -> float:
     return (time.perf_counter() - start) / n * 1e9
 
 
+def watchdog_check_us() -> float:
+    """What one epoch's `Watchdog.check` costs, in microseconds (its whole per-epoch price)."""
+    dog, n = Watchdog(config_module.DEFAULTS["watchdog"]), 20_000
+    losses = {"approx_kl": 0.01, "value_loss": 1.0, "grad_norm": 1.0, "policy_loss": 0.1}
+    start = time.perf_counter()
+    for i in range(n):
+        dog.check(losses, 1000.0 + i % 7)
+    return (time.perf_counter() - start) / n * 1e6
+
+
 def advantage_ops() -> str:
     """Which advantage implementation runs: the compiled ops' flavour, or pure torch."""
     from trainer import advantage
@@ -95,6 +110,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="float32,bfloat16", help="train.precision values to run")
     parser.add_argument("--shapes", default=None, help="e.g. 1024x64x16384,4096x64x65536")
     parser.add_argument("--no-overhead", action="store_true", help="skip the profiler-cost measurement")
+    parser.add_argument("--no-watchdog", action="store_true", help="skip the watchdog-cost measurement")
+    parser.add_argument("--pairs", type=int, default=5, help="alternating on/off pairs for the cost measurements")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sps.json")
     args = parser.parse_args()
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
@@ -153,8 +170,26 @@ def main() -> None:
                       f"pairs): {with_timing:,.0f} with vs {without:,.0f} without = {overhead['cost_percent']:.2f}% "
                       f"(machine noise is larger); analytic: {block_ns:.0f} ns per timed block = "
                       f"{analytic:.3f}% of an epoch")
+    watchdog = None
+    if not args.no_watchdog:
+        num_envs, horizon, minibatch = shapes[0]
+        pairs = []
+        for _ in range(args.pairs):
+            on = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, thread_counts[0], "float32",
+                         watchdog=True)
+            off = measure("mlp", num_envs, horizon, minibatch, args.seconds / 2, args.device, thread_counts[0], "float32")
+            pairs.append((on["cpu_sps"], off["cpu_sps"]))
+        with_dog, without = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        check_us = watchdog_check_us()
+        analytic = 100 * check_us * 1e-6 / (num_envs * horizon / with_dog)
+        watchdog = {"cpu_sps_with": with_dog, "cpu_sps_without": without, "pairs": pairs,
+                    "cost_percent": 100 * (without - with_dog) / without, "check_us": check_us,
+                    "analytic_cost_percent": analytic}
+        console.print(f"watchdog cost (mlp {num_envs}x{horizon}, steps per CPU-second, median of {args.pairs} alternating "
+                      f"pairs): {with_dog:,.0f} with vs {without:,.0f} without = {watchdog['cost_percent']:.2f}% "
+                      f"(machine noise is larger); analytic: {check_us:.1f} us per epoch = {analytic:.4f}% of an epoch")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"results": results, "profiler_overhead": overhead,
+    args.out.write_text(json.dumps({"results": results, "profiler_overhead": overhead, "watchdog_overhead": watchdog,
                                     "load_average": os.getloadavg(), "advantage_ops": advantage_ops()}, indent=1))
     console.print(f"wrote {args.out}")
 

@@ -7,6 +7,7 @@ and `train --against` read them alike.
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,15 @@ class Curve:
 
     def at(self, step: float) -> float | None:
         """The metric at `step` (linear between readings); None outside the curve."""
-        import numpy as np
-
-        if not self.steps or step < self.steps[0] or step > self.steps[-1]:
+        steps, values = self.steps, self.values
+        if not steps or step < steps[0] or step > steps[-1]:
             return None
-        return float(np.interp(step, self.steps, self.values))
+        right = bisect.bisect_left(steps, step)
+        if steps[right] == step:
+            return values[right]
+        left = right - 1
+        share = (step - steps[left]) / (steps[right] - steps[left])
+        return values[left] + share * (values[right] - values[left])
 
 
 def pick(reading: dict, metric: str) -> float | None:
