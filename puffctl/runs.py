@@ -102,6 +102,23 @@ def read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file, skipping lines that are not one (a reader must not crash)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
+
+
 def write_json(path: Path, value: dict) -> None:
     """Write a JSON object atomically (temp file + rename)."""
     temporary = path.with_name(f".{path.name}.tmp")

@@ -46,7 +46,7 @@ def list_runs(
             run.run_id,
             run.profile or "-",
             run.env_name or "-",
-            f"[{STATUS_STYLE.get(run.status, '')}]{run.status}[/]",
+            f"[{STATUS_STYLE.get(run.status, 'none')}]{run.status}[/]",
             human_count(state.agent_steps),
             human_count(state.sps),
             human_value(state.best_return),
@@ -71,7 +71,7 @@ def show(run_id: str = typer.Argument(..., metavar="RUN"), runs_dir: Optional[Pa
     run.state.status, run.state.reason = run.status, run.reason
     console.print(render(run.state))
     console.print()
-    style = STATUS_STYLE.get(run.status, "")
+    style = STATUS_STYLE.get(run.status, "none")
     console.print(f"[bold]status[/]   [{style}]{run.status}[/]" + (f": {escape(run.reason)}" if run.reason else ""), highlight=False)
     if run.status == "lost":
         console.print(f"         [dim]status.json says running, but pid {run.status_file.get('pid')} is gone (killed or crashed)[/]")
@@ -80,9 +80,19 @@ def show(run_id: str = typer.Argument(..., metavar="RUN"), runs_dir: Optional[Pa
     if git:
         dirty = f"dirty (diff sha256 {str(git.get('diff_hash'))[:12]})" if git.get("dirty") else "clean"
         console.print(f"[bold]git[/]      {git.get('commit')} {dirty}", highlight=False)
+        if git.get("dirty"):
+            stored = (run.path / "source.patch").is_file()
+            console.print(f"         [dim]{'patch stored: puffctl runs checkout ' + run.run_id if stored else escape(git.get('patch_note') or 'no source.patch: the uncommitted changes cannot be restored')}[/]", highlight=False)
     else:
         console.print("[bold]git[/]      unknown (not run from a git checkout)")
     console.print(f"[bold]started[/]  {_when(run.state.started)}  host {escape(run.state.host or '-')}  device {escape(run.state.device or '-')}", highlight=False)
+    evals = runs.read_jsonl(run.path / "evals.jsonl") if (run.path / "evals.jsonl").is_file() else []
+    for record in evals[-3:]:
+        ci = record.get("ci95")
+        interval = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
+        what = "random actions" if record.get("random") else record.get("checkpoint")
+        console.print(f"[bold]eval[/]     {record.get('mean', float('nan')):.4g}{interval} over {record.get('episodes')} episodes, {escape(str(what))}"
+                      + (" (deterministic)" if record.get("deterministic") else ""), highlight=False)
     files = run.checkpoint_files()
     console.print(f"[bold]checkpoints[/] ({len(files)})")
     for path in files:

@@ -61,6 +61,8 @@ def test_a_trained_checkpoint_beats_random_actions(cartpole):
     assert low > high and trained > 2 * chance
     records = [json.loads(line) for line in (cartpole / "evals.jsonl").read_text().splitlines()]
     assert [r["random"] for r in records] == [False, True] and records[0]["checkpoint"] == "epoch_00000015.pt"
+    shown = CliRunner().invoke(app, ["runs", "show", cartpole.name, "--runs-dir", str(cartpole.parent)], env={"COLUMNS": "300"})
+    assert "over 16 episodes, random actions" in shown.output and "status   created" in shown.output
 
 
 def test_gif_is_written_and_readable(cartpole, tmp_path):
