@@ -11,6 +11,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,8 +122,10 @@ def kill_once(config: Path, run_dir: Path, rng: random.Random, moment: str) -> d
     """Start (or resume) the trainer and SIGKILL it at `moment`: `startup` (any time in its first
     1.5 s: imports, lock, checkpoint load), `training` (0-1 s after its start event) or
     `checkpoint` (while a checkpoint write's temporary file exists). Returns what happened."""
-    resume = (Path(run_dir) / "events.jsonl").exists()
-    expected = newest_intact_epoch(run_dir) if resume else 0
+    expected = newest_intact_epoch(run_dir)
+    resume = expected is not None
+    if not resume:  # killed before its first checkpoint: nothing to resume, start over
+        shutil.rmtree(run_dir, ignore_errors=True)
     before = starts(run_dir)
     process = trainer(config, run_dir, *(["--resume"] if resume else []))
     if moment == "startup":
