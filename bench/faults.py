@@ -40,6 +40,7 @@ from trainer import runlock  # noqa: E402
 
 
 def bench_kills(directory: Path, kills: int, epochs: int, rng: random.Random, console: Console) -> dict:
+    directory.mkdir(parents=True)
     overrides = {"train": {"total_timesteps": 256 * epochs}}
     config = faults.write_config(directory, overrides)
     straight = faults.run_trainer(config, directory / "straight")
@@ -88,6 +89,7 @@ def add_checked(totals: dict, checked: dict) -> None:
 
 
 def bench_races(directory: Path, races: int, console: Console) -> dict:
+    directory.mkdir(parents=True)
     config = faults.write_config(directory, {"train": {"total_timesteps": 256 * 10**6}})
     run_dir = directory / "raced"
     process = faults.trainer(config, run_dir)
@@ -147,7 +149,6 @@ def main() -> None:
             results["kills"] = bench_kills(Path(scratch) / "kills", args.kills, args.epochs, rng, console)
         if args.races:
             console.print(f"races: {args.races} racing double resumes")
-            (Path(scratch) / "races").mkdir()
             results["races"] = bench_races(Path(scratch) / "races", args.races, console)
     results["load_after"] = os.getloadavg()
     table = Table(title="run store under faults")

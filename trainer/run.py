@@ -202,6 +202,7 @@ class Run:
         while trainer.agent_steps < total_steps:
             window.add(trainer.evaluate())
             losses = trainer.train()
+            self.trained = True
             profiler.mark(trainer.epoch, trainer.agent_steps)
             done = trainer.agent_steps >= total_steps
             now = time.perf_counter()
@@ -231,7 +232,6 @@ class Run:
             sps=sps, uptime=profiler.uptime(), eta=remaining / sps if sps > 0 else None,
             perf=profiler.perf(), losses=losses, env=env, util=utilization.read())
         self.events.update_status(epoch=trainer.epoch, agent_steps=trainer.agent_steps)
-        self.trained = True
 
     def _checkpoint(self, trainer) -> None:
         saved = checkpoint.save(self.run_dir, trainer.epoch, trainer.state_dict(),

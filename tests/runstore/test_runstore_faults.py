@@ -102,7 +102,17 @@ def test_runstore_double_resume_starts_exactly_one_trainer_and_rm_is_refused_whi
 
 def test_runstore_damaged_checkpoints_fall_back_to_the_newest_intact_one(tmp_path):
     config, run_dir = killed_run(tmp_path)
+    recorded = [event for event in faults.read_events(run_dir) if event["type"] == "checkpoint"]
+    for event in recorded:  # each checkpoint event and sidecar records the file's size and sha256
+        path = run_dir / event["path"]
+        if path.exists():
+            assert checkpoint.sha256_of(path) == (event["size"], event["sha256"])
+            assert json.loads(checkpoint.sidecar_of(path).read_text())["sha256"] == event["sha256"]
     files = checkpoint.all_checkpoints(run_dir)
+    flipped = bytearray(files[-1].read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF
+    files[-1].write_bytes(bytes(flipped))
+    assert "sha256 differs" in checkpoint.damage(files[-1])
     newest, second, oldest = files[-1], files[-2], files[-3]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated, sidecar disagrees
     second.write_bytes(b"garbage")
@@ -206,18 +216,3 @@ def test_runstore_disk_full_fails_the_run_with_the_reason_and_resume_completes_i
     assert done.returncode == 0, done.stderr
     assert faults.read_events(run_dir)[-1]["status"] == "completed"
     assert runs.get_run(run_dir.parent, run_dir.name).status == "completed"
-
-
-def test_runstore_checkpoint_events_and_sidecars_record_size_and_sha256(tmp_path):
-    _, run_dir = killed_run(tmp_path)
-    recorded = [event for event in faults.read_events(run_dir) if event["type"] == "checkpoint"]
-    for event in recorded:
-        path = run_dir / event["path"]
-        if path.exists():
-            assert checkpoint.sha256_of(path) == (event["size"], event["sha256"])
-            assert json.loads(checkpoint.sidecar_of(path).read_text())["sha256"] == event["sha256"]
-    newest = checkpoint.all_checkpoints(run_dir)[-1]
-    data = bytearray(newest.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped bit-pattern, same size
-    newest.write_bytes(bytes(data))
-    assert "sha256 differs" in checkpoint.damage(newest)
