@@ -88,12 +88,17 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "condition", poll: f
         time.sleep(poll)
 
 
-def starts(run_dir: Path) -> int:
-    """How many start events the run's stream holds (0 without a stream)."""
+def count(run_dir: Path, kind: str) -> int:
+    """How many events of type `kind` the run's stream holds (0 without a stream)."""
     try:
-        return (Path(run_dir) / "events.jsonl").read_text(errors="replace").count('"type":"start"')
+        return (Path(run_dir) / "events.jsonl").read_text(errors="replace").count(f'"type":"{kind}"')
     except FileNotFoundError:
         return 0
+
+
+def starts(run_dir: Path) -> int:
+    """How many start events the run's stream holds."""
+    return count(run_dir, "start")
 
 
 def writing_checkpoint(run_dir: Path) -> bool:
@@ -120,20 +125,24 @@ MOMENTS = ("startup", "training", "checkpoint")
 
 def kill_once(config: Path, run_dir: Path, rng: random.Random, moment: str) -> dict:
     """Start (or resume) the trainer and SIGKILL it at `moment`: `startup` (any time in its first
-    1.5 s: imports, lock, checkpoint load), `training` (0-1 s after its start event) or
-    `checkpoint` (while a checkpoint write's temporary file exists). Returns what happened."""
+    1.5 s: imports, lock, checkpoint load), `training` (0-3 epochs after its start event, plus
+    0-0.1 s) or `checkpoint` (while a checkpoint write's temporary file exists). Returns what
+    happened."""
     expected = newest_intact_epoch(run_dir)
     resume = expected is not None
     if not resume:  # killed before its first checkpoint: nothing to resume, start over
         shutil.rmtree(run_dir, ignore_errors=True)
-    before = starts(run_dir)
+    before, progressed = starts(run_dir), count(run_dir, "progress")
     process = trainer(config, run_dir, *(["--resume"] if resume else []))
     if moment == "startup":
         time.sleep(rng.uniform(0.0, 1.5))
     else:
         wait_for(lambda: starts(run_dir) > before or process.poll() is not None, what="the start event")
         if moment == "training":
-            time.sleep(rng.uniform(0.0, 1.0))
+            epochs = rng.randint(0, 3)
+            wait_for(lambda: count(run_dir, "progress") >= progressed + epochs or process.poll() is not None,
+                     what=f"{epochs} epochs")
+            time.sleep(rng.uniform(0.0, 0.1))
         else:
             wait_for(lambda: writing_checkpoint(run_dir) or process.poll() is not None, timeout=60,
                      what="a checkpoint write", poll=0.0005)
