@@ -1,7 +1,9 @@
 """Reading a run's event stream (events.jsonl) and folding it into the state a view shows.
 
 Readers accept unknown fields and skip a line that is not (yet) a complete JSON object:
-the trainer may be mid-write, or may have died mid-write.
+the trainer may be mid-write, or may have died mid-write. A damaged line in the middle (a
+killed writer's, continued by a resumed one) is skipped and its number recorded, so views can
+warn about it; a malformed event is ignored with a warning. Nothing here raises on content.
 """
 
 from __future__ import annotations
@@ -41,12 +43,29 @@ def read_events(path: Path) -> list[dict]:
 
 
 class Tail:
-    """Reads the events appended to a file since the last call; a partial last line waits."""
+    """Reads the events appended to a file since the last call; a partial last line waits.
+
+    `damaged` lists the numbers (1-based, counted from where reading began) of complete
+    lines that were not events.
+    """
 
     def __init__(self, path: Path, offset: int = 0) -> None:
         self.path = path
         self.offset = offset
         self._buffer = ""
+        self.lines = 0
+        self.damaged: list[int] = []
+
+    def _parse(self, lines: list[str]) -> list[dict]:
+        events = []
+        for line in lines:
+            self.lines += 1
+            event = parse_line(line)
+            if event is not None:
+                events.append(event)
+            elif line.strip():
+                self.damaged.append(self.lines)
+        return events
 
     def read(self) -> list[dict]:
         """The complete events appended since the last call ([] if none or no file yet)."""
@@ -61,7 +80,7 @@ class Tail:
             return []
         self._buffer += chunk
         *lines, self._buffer = self._buffer.split("\n")
-        return [event for event in map(parse_line, lines) if event is not None]
+        return self._parse(lines)
 
     def finish(self) -> list[dict]:
         """Everything left, the last line included if it parses (the writer has exited)."""
@@ -127,6 +146,7 @@ class RunState:
     returns: list[float] = field(default_factory=list)
     best_return: float | None = None
     checkpoints: list[dict] = field(default_factory=list)
+    damaged_lines: list[int] = field(default_factory=list)
     progress_count: int = 0
     status: str = "starting"
     reason: str | None = None
@@ -141,10 +161,20 @@ class RunState:
         self.run_id = event.get("run_id") or self.run_id
         handler = getattr(self, f"_on_{kind}", None) if isinstance(kind, str) else None
         if handler is not None:
-            handler(event)
+            try:
+                handler(event)
+            except (TypeError, ValueError, AttributeError):
+                self.message = ("warning", f"ignored a malformed {kind} event")
         stamp = _number(event.get("time"))
         if stamp is not None:
             self.updated = stamp
+
+    def note_damaged(self, lines: list[int]) -> None:
+        """Record damaged lines a reader skipped (see Tail.damaged); the newest becomes a warning."""
+        new = [line for line in lines if line not in self.damaged_lines]
+        if new:
+            self.damaged_lines += new
+            self.message = ("warning", f"events.jsonl line {new[-1]} is damaged; skipped it")
 
     def _on_start(self, event: dict) -> None:
         self.config = event.get("config") or self.config

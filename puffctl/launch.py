@@ -57,15 +57,21 @@ def prepare(root: Path, base_name: str, config: dict, launch: dict, *, exact: bo
 
 
 def check_resumable(run: runs.Run) -> None:
-    """A one-line error unless `run` can be resumed: not completed, not running, has a checkpoint."""
+    """A one-line error unless `run` can be resumed: not completed, not held by a process,
+    has an intact checkpoint (checked against its sidecar, without torch)."""
+    from trainer import checkpoint, runlock
+
     if run.status == "completed":
         raise PuffctlError(f"run {run.run_id!r} already completed; nothing to resume")
-    if run.status == "running":
-        raise PuffctlError(f"run {run.run_id!r} is still running (pid {run.status_file.get('pid')})")
+    held = runlock.holder(run.path)
+    if held is not None:
+        raise PuffctlError(str(runlock.RunLocked(run.path, held)))
     if not (run.path / "config.yaml").is_file():
         raise PuffctlError(f"run {run.run_id!r} has no config.yaml to resume from")
-    if not run.checkpoint_files():
-        raise PuffctlError(f"run {run.run_id!r} has no checkpoint to resume from")
+    try:
+        checkpoint.newest_intact(run.path)
+    except checkpoint.NoIntactCheckpoint as error:
+        raise PuffctlError(str(error)) from None
 
 
 def end_with_newline(path: Path) -> None:
@@ -83,12 +89,28 @@ def end_with_newline(path: Path) -> None:
 
 
 def start(path: Path, *, resume: bool = False) -> subprocess.Popen:
-    """Start `python -m trainer` on run directory `path` in its own session; record its pid."""
+    """Start `python -m trainer` on run directory `path` in its own session; record its pid.
+
+    The run's lock is taken first (a one-line error naming the holder if another process has
+    it) and handed to the trainer as an inherited descriptor, so it is never free in between.
+    """
+    from trainer import runlock
+
+    try:
+        lock = runlock.acquire(path, "puffctl train")
+    except runlock.RunLocked as error:
+        raise PuffctlError(str(error)) from None
+    with lock:
+        return _start_locked(path, lock.fileno(), resume)
+
+
+def _start_locked(path: Path, lock_fd: int, resume: bool) -> subprocess.Popen:
     environment = dict(os.environ)
     root = str(code_root())
     environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, environment.get("PYTHONPATH")) if p)
     environment["PYTHONUNBUFFERED"] = "1"
-    command = [sys.executable, "-m", "trainer", "--config", str(path / "config.yaml"), "--run-dir", str(path)]
+    command = [sys.executable, "-m", "trainer", "--config", str(path / "config.yaml"), "--run-dir", str(path),
+               "--lock-fd", str(lock_fd)]
     if resume:
         command.append("--resume")
         end_with_newline(path / "events.jsonl")
@@ -100,6 +122,7 @@ def start(path: Path, *, resume: bool = False) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=environment,
+            pass_fds=(lock_fd,),
         )
     launch = runs.read_json(path / runs.LAUNCH_FILE)
     launch.update(pid=process.pid, host=socket.gethostname(), command=command)
@@ -129,11 +152,17 @@ def last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def settle(path: Path, state: RunState, returncode: int, interrupted: bool) -> None:
-    """After the trainer exited: if it left no final status (killed, crashed at start), record one."""
+def settle(path: Path, state: RunState, returncode: int, interrupted: bool, started: bool) -> None:
+    """After the trainer exited: if it left no final status (killed, crashed at start), record one.
+
+    A trainer that refused the run (exit 2, no start event) leaves an existing status.json as
+    it was: a refused resume changes nothing.
+    """
     status_path = path / "status.json"
     status = runs.read_json(status_path)
     if state.finished or status.get("status") in ("completed", "failed", "interrupted"):
+        return
+    if returncode == 2 and not started and status:
         return
     if interrupted:
         new, reason = "interrupted", "stopped by Ctrl-C before the trainer could checkpoint"
@@ -162,6 +191,7 @@ def watch(
     state = state or RunState(run_id=path.name)
     tail = Tail(path / "events.jsonl", offset)
     interrupts = 0
+    started = False
     kill_at: float | None = None
     notices: list[str] = []
 
@@ -187,8 +217,14 @@ def watch(
             exited = process.poll() is not None
             events = tail.finish() if exited else tail.read()
             for event in events:
+                started = started or event.get("type") == "start"
                 state.apply(event)
                 show(state, event)
+            if tail.damaged:  # rare: number the lines from the file's start, as `runs show` does
+                before = lines_before(tail.path, offset)
+                state.note_damaged([before + line for line in tail.damaged])
+                tail.damaged = []
+                show(state, {"type": "message", "level": "warning", "text": state.message[1]})
             if exited:
                 break
             if kill_at is not None and time.monotonic() > kill_at:
@@ -203,12 +239,18 @@ def watch(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     returncode = process.wait()
-    settle(path, state, returncode, interrupts > 0)
+    settle(path, state, returncode, interrupts > 0, started)
     if returncode == 2 and not state.progress_count:
         code = 2
     else:
         code = {"completed": 0, "interrupted": 130}.get(state.status, 1)
     return Outcome(exit_code=code, state=state, returncode=returncode, interrupts=interrupts)
+
+
+def lines_before(path: Path, offset: int) -> int:
+    """How many lines end in the first `offset` bytes of a file."""
+    with path.open("rb") as handle:
+        return handle.read(offset).count(b"\n")
 
 
 def history(path: Path) -> tuple[RunState, int]:
@@ -217,4 +259,5 @@ def history(path: Path) -> tuple[RunState, int]:
     state = RunState(run_id=path.name)
     for event in tail.read():
         state.apply(event)
+    state.note_damaged(tail.damaged)
     return state, tail.offset

@@ -1,8 +1,8 @@
 """The local run store: where runs live, their ids, and what state each one is in.
 
 A run is a directory `<runs root>/<run_id>/` (docs/events.md). Its truth is events.jsonl;
-status.json says whether a process still owns it. A run whose status says `running` but whose
-process is gone (killed, machine rebooted) is reported as `lost`.
+its lock (trainer/runlock.py) says whether a process owns it now. A run whose status says
+`running` but whose lock nobody holds (killed, machine rebooted) is reported as `lost`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from puffctl.errors import PuffctlError
-from puffctl.events import RunState, fold, read_events
+from puffctl.events import RunState, Tail, fold
+from trainer import runlock
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: The file the launcher writes next to the trainer's own: what was asked for, by whom.
@@ -153,6 +154,7 @@ class Run:
     status: str
     status_file: dict
     launch: dict
+    holder: dict | None = None
 
     @property
     def profile(self) -> str:
@@ -171,20 +173,20 @@ class Run:
 
     def checkpoint_files(self) -> list[Path]:
         """The checkpoint files in its checkpoints/ directory, oldest first."""
-        directory = self.path / "checkpoints"
-        if not directory.is_dir():
-            return []
-        files = [path for path in directory.iterdir() if path.is_file() and not path.name.startswith(".")]
-        return sorted(files, key=lambda path: path.stat().st_mtime)
+        from trainer.checkpoint import all_checkpoints
 
-    def is_alive(self) -> bool:
-        """True if the process that owns it still runs on this host."""
-        host = self.status_file.get("host")
-        return (host in (None, socket.gethostname())) and pid_alive(self.status_file.get("pid"))
+        return all_checkpoints(self.path)
 
 
-def derive_status(state: RunState, status_file: dict, launch: dict) -> str:
-    """The run's status: the end event's, else status.json's; a dead owner's run is `lost`."""
+def derive_status(state: RunState, status_file: dict, launch: dict, holder: dict | None, locked_before: bool) -> str:
+    """The run's status: `running` while a process holds its lock, else the end event's, else
+    status.json's; a run whose owner died without an end event is `lost`.
+
+    `holder` is runlock.holder(); `locked_before` says whether the run has a lock file at all
+    (runs written before the lock existed fall back to checking the recorded pid).
+    """
+    if holder is not None:
+        return "running"
     if state.finished:
         return state.status
     recorded = status_file.get("status")
@@ -193,9 +195,9 @@ def derive_status(state: RunState, status_file: dict, launch: dict) -> str:
     owner = status_file if recorded == "running" else launch
     if owner.get("pid") is None:
         return "created"
-    if owner.get("host") not in (None, socket.gethostname()) or pid_alive(owner.get("pid")):
-        return "running"
-    return "lost"
+    if owner.get("host") not in (None, socket.gethostname()):
+        return "running"  # another machine's run: its lock cannot be seen from here
+    return "lost" if locked_before or not pid_alive(owner.get("pid")) else "running"
 
 
 def load_state(path: Path) -> RunState:
@@ -215,7 +217,9 @@ def load_state(path: Path) -> RunState:
         else:
             state.message = tuple(state.message) if state.message else None
             return state
-    state = fold(read_events(events))
+    tail = Tail(events)
+    state = fold(tail.finish())
+    state.note_damaged(tail.damaged)
     if state.finished:
         try:
             write_json(path / SUMMARY_FILE, {"key": key, "state": asdict(state)})
@@ -229,13 +233,15 @@ def load_run(path: Path) -> Run:
     state = load_state(path)
     status_file = read_json(path / "status.json")
     launch = read_json(path / LAUNCH_FILE)
+    holder = runlock.holder(path)
     return Run(
         run_id=path.name,
         path=path,
         state=state,
-        status=derive_status(state, status_file, launch),
+        status=derive_status(state, status_file, launch, holder, (path / runlock.LOCK_FILE).exists()),
         status_file=status_file,
         launch=launch,
+        holder=holder,
     )
 
 
@@ -256,9 +262,12 @@ def list_runs(root: Path, *, status: str | None = None, profile: str | None = No
 
 
 def remove_run(root: Path, run_id: str) -> Path:
-    """Delete a run directory; refuses while its process still runs."""
-    run = get_run(root, run_id)
-    if run.status == "running" and run.is_alive():
-        raise PuffctlError(f"run {run_id!r} is still running (pid {run.status_file.get('pid')}); stop it first")
-    shutil.rmtree(run.path)
-    return run.path
+    """Delete a run directory, holding its lock meanwhile; refuses while a process holds it."""
+    path = run_dir(root, run_id)
+    try:
+        lock = runlock.acquire(path, "puffctl runs rm")
+    except runlock.RunLocked as error:
+        raise PuffctlError(f"{error}; stop it first") from None
+    with lock:
+        shutil.rmtree(path)
+    return path

@@ -1,6 +1,7 @@
-"""`python -m trainer --config FILE --run-dir DIR [--events-stdout] [--resume]`.
+"""`python -m trainer --config FILE --run-dir DIR [--events-stdout] [--resume] [--lock-fd FD]`.
 
-Exit codes: 0 completed, 1 failed, 2 bad config or arguments (one line on stderr), 130 interrupted.
+Exit codes: 0 completed, 1 failed, 2 bad config or arguments, or the run directory held by
+another process (one line on stderr), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -51,14 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="YAML config (sections env, policy, train, logger)")
     parser.add_argument("--run-dir", type=Path, required=True, help="run directory; its name is the run id")
     parser.add_argument("--events-stdout", action="store_true", help="also write the events to stdout")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's newest intact checkpoint")
+    parser.add_argument("--lock-fd", type=int, metavar="FD",
+                        help="an inherited descriptor holding the run directory's lock (launchers pass it; "
+                             "see trainer/runlock.py)")
     args = parser.parse_args(argv)
     from trainer.run import RunError, run
+    from trainer.runlock import RunLocked
 
     try:
         config = _load_config(args)
-        return run(config, args.run_dir, resume=args.resume, events_stdout=args.events_stdout)
-    except (ConfigError, RunError) as error:
+        return run(config, args.run_dir, resume=args.resume, events_stdout=args.events_stdout, lock_fd=args.lock_fd)
+    except (ConfigError, RunError, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

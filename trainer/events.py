@@ -29,13 +29,32 @@ def _finite(value: Any) -> Any:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file and os.replace it, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(_finite(data), indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_finite(data), indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _recorded_progress(path: Path) -> dict[str, int]:
+    """The epoch and agent_steps an earlier process recorded in status.json (zeros if none)."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return {key: recorded[key] if isinstance(recorded.get(key), int) else 0 for key in ("epoch", "agent_steps")}
 
 
 class EventWriter:
     """Appends events to RUN_DIR/events.jsonl (and stdout, and a Neptune sink) and keeps
-    RUN_DIR/status.json current."""
+    RUN_DIR/status.json current.
+
+    Each event is one unbuffered append of one line. If an append fails (disk full), `emit`
+    raises that OSError once and afterwards leaves the file alone (stdout and Neptune still
+    get events), so the run can end with its reason in status.json.
+    """
 
     def __init__(self, run_dir: Path, config: dict, to_stdout: bool = False) -> None:
         self.run_dir = Path(run_dir)
@@ -48,13 +67,14 @@ class EventWriter:
             with open(path, "rb") as existing:
                 existing.seek(-1, os.SEEK_END)
                 torn = existing.read(1) != b"\n"
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "ab", buffering=0)
+        self.broken: OSError | None = None
         if torn:  # a killed run's half-written last line stays a line of its own
-            self.file.write("\n")
+            self._append(b"\n")
         self.started = time.time()
         self.status: dict[str, Any] = {
             "run_id": self.run_id, "status": "running", "pid": os.getpid(), "host": self.host,
-            "started": self.started, "updated": self.started, "epoch": 0, "agent_steps": 0,
+            "started": self.started, "updated": self.started, **_recorded_progress(self.run_dir / "status.json"),
             "reason": None,
         }
         self.sink = None
@@ -74,8 +94,12 @@ class EventWriter:
         """Write one event (one JSON line) everywhere it goes; return it."""
         event = {"type": type_, "time": time.time(), "run_id": self.run_id, **fields}
         line = json.dumps(_finite(event), separators=(",", ":"))
-        self.file.write(line + "\n")
-        self.file.flush()
+        if self.broken is None:
+            try:
+                self._append((line + "\n").encode())
+            except OSError as error:
+                self.broken = error
+                raise OSError(error.errno, f"events.jsonl not written: {error.strerror or error}") from error
         if self.to_stdout:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
@@ -86,6 +110,11 @@ class EventWriter:
                 self.sink = None
                 self.message("warning", f"Neptune sink failed and was disabled: {error}".splitlines()[0])
         return event
+
+    def _append(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.file.write(view):]
 
     def message(self, level: str, text: str) -> None:
         """A `message` event: level info|warning|error and one line of text."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from trainer import checkpoint, provenance
+from trainer import checkpoint, provenance, runlock
 from trainer.config import ConfigError
 from trainer.events import EventWriter
 from trainer.watchdog import Watchdog
@@ -64,29 +64,34 @@ class Run:
         self.events: EventWriter | None = None
         self.warned_envs = False
         self.final_metrics: dict = {}
+        self.trained = False  # has this process finished an epoch (and so may move status.json's progress)
 
-    def prepare(self) -> Path | None:
-        """Check the run directory; return the checkpoint to resume from. Raises RunError."""
+    def prepare(self) -> tuple[dict | None, list[str]]:
+        """Check the run directory; return the checkpoint state to resume from (None for a new
+        run) and one warning per damaged newer checkpoint skipped. Raises RunError, leaving
+        the run directory as it was."""
         run_dir = self.run_dir
+        state, skipped = None, []
         if self.resume:
             status = run_dir / "status.json"
             if status.is_file():
                 try:
-                    state = json.loads(status.read_text()).get("status")
+                    recorded = json.loads(status.read_text()).get("status")
                 except ValueError:
-                    state = None
-                if state == "completed":
+                    recorded = None
+                if recorded == "completed":
                     raise RunError(f"run {run_dir.name} already completed; nothing to resume")
-            latest = checkpoint.latest(run_dir)
-            if latest is None:
-                raise RunError(f"run {run_dir.name} has no checkpoint in {run_dir / 'checkpoints'} to resume from")
-        else:
-            latest = None
-            if (run_dir / "events.jsonl").exists() and (run_dir / "events.jsonl").stat().st_size:
-                raise RunError(f"{run_dir} already holds a run; pass --resume to continue it")
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                path, state, damaged = checkpoint.newest_intact(run_dir, checkpoint.load)
+            except checkpoint.NoIntactCheckpoint as error:
+                raise RunError(str(error)) from None
+            if damaged:
+                skipped = [f"{line}; resuming from {path.relative_to(run_dir)} (epoch {state.get('epoch')})"
+                           for line in damaged]
+        elif (run_dir / "events.jsonl").exists() and (run_dir / "events.jsonl").stat().st_size:
+            raise RunError(f"{run_dir} already holds a run; pass --resume to continue it")
         (run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
-        return latest
+        return state, skipped
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -112,7 +117,7 @@ class Run:
         from trainer.profiler import Profiler, Utilization
         from trainer.train import LOSS_KEYS, Diverged, Trainer, select_device
 
-        resume_from = self.prepare()
+        resume_state, skipped = self.prepare()
         config, run_dir = self.config, self.run_dir
         train_cfg, logger_cfg = config["train"], config["logger"]
         device = select_device(train_cfg["device"])
@@ -124,6 +129,8 @@ class Run:
 
         events = self.events = EventWriter(run_dir, config, to_stdout=self.events_stdout)
         events.update_status(status="running")
+        for line in skipped:
+            events.message("warning", line)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         trainer = None
         try:
@@ -133,8 +140,8 @@ class Run:
             except envs_module.EnvError as error:
                 raise ConfigError(f"env.name={config['env']['name']!r}: {error}") from None
             exact = True
-            if resume_from is not None:
-                exact = trainer.load_state_dict(checkpoint.load(resume_from))
+            if resume_state is not None:
+                exact = trainer.load_state_dict(resume_state)
                 if not exact:
                     events.message("warning", "this env could not be saved: resumed with fresh episodes "
                                               "(weights, optimizer and RNG restored)")
@@ -169,7 +176,6 @@ class Run:
                     resumed=self.resume, epoch=trainer.epoch, agent_steps=trainer.agent_steps)
         if source and source.get("patch_note"):
             events.message("warning", f"{source['patch_note']}: `puffctl runs checkout` cannot restore this run's code")
-        events.update_status(epoch=trainer.epoch, agent_steps=trainer.agent_steps)
         profiler.mark(trainer.epoch, trainer.agent_steps)
         window, last_env, losses = Window(), {}, {key: None for key in loss_keys}
         watchdog, halt_on = Watchdog(config["watchdog"]), set(config["train"]["halt_on"])
@@ -177,6 +183,7 @@ class Run:
         while trainer.agent_steps < total_steps:
             window.add(trainer.evaluate())
             losses = trainer.train()
+            self.trained = True
             profiler.mark(trainer.epoch, trainer.agent_steps)
             alarms = watchdog.check(losses, profiler.sps())
             for alarm in alarms:
@@ -218,24 +225,41 @@ class Run:
         self.events.update_status(epoch=trainer.epoch, agent_steps=trainer.agent_steps)
 
     def _checkpoint(self, trainer) -> None:
-        path = checkpoint.save(self.run_dir, trainer.epoch, trainer.state_dict(),
-                               keep=self.config["train"]["keep_checkpoints"])
+        saved = checkpoint.save(self.run_dir, trainer.epoch, trainer.state_dict(),
+                                keep=self.config["train"]["keep_checkpoints"])
         if trainer.envs_unsaved and not self.warned_envs:
             self.warned_envs = True
             self.events.message("warning", f"checkpoints cannot hold this env's state ({trainer.envs_unsaved}); "
                                            "a resume restarts its episodes")
-        self.events.emit("checkpoint", path=str(path), epoch=trainer.epoch, agent_steps=trainer.agent_steps)
+        self.events.emit("checkpoint", **saved, epoch=trainer.epoch, agent_steps=trainer.agent_steps)
 
     def _end(self, trainer, status: str, reason: str | None, metrics: dict) -> None:
+        """The end event and the final status.json; status.json keeps the progress it had when
+        this process trained no epoch (a failed start never regresses it)."""
         epoch = trainer.epoch if trainer is not None else self.events.status["epoch"]
         steps = trainer.agent_steps if trainer is not None else self.events.status["agent_steps"]
-        if reason and status == "failed":
-            self.events.message("error", reason)
-        self.events.emit("end", status=status, reason=reason, epoch=epoch, agent_steps=steps, metrics=metrics)
-        self.events.update_status(status=status, reason=reason, epoch=epoch, agent_steps=steps)
+        try:
+            if reason and status == "failed":
+                self.events.message("error", reason)
+            self.events.emit("end", status=status, reason=reason, epoch=epoch, agent_steps=steps, metrics=metrics)
+        except OSError as error:  # the stream cannot be written (disk full): status.json still says why
+            print(f"error: {error}", file=sys.stderr)
+        progress = {"epoch": epoch, "agent_steps": steps} if self.trained else {}
+        try:
+            self.events.update_status(status=status, reason=reason, **progress)
+        except OSError as error:
+            print(f"error: status.json not written: {error}", file=sys.stderr)
 
 
-def run(config: dict, run_dir: Path, resume: bool = False, events_stdout: bool = False) -> int:
-    """Train `config` in `run_dir`; return the exit code (0 completed, 1 failed, 130 interrupted).
-    Raises ConfigError or RunError for bad input (exit 2)."""
-    return Run(config, run_dir, resume, events_stdout).execute()
+def run(config: dict, run_dir: Path, resume: bool = False, events_stdout: bool = False,
+        lock_fd: int | None = None) -> int:
+    """Train `config` in `run_dir`, holding its lock throughout (taken here, or adopted from the
+    launcher's `lock_fd`); return the exit code (0 completed, 1 failed, 130 interrupted).
+    Raises ConfigError, RunError or runlock.RunLocked for bad input (exit 2)."""
+    run_dir = Path(run_dir)
+    if resume and not run_dir.is_dir():
+        raise RunError(f"no run directory {run_dir} to resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = runlock.adopt(lock_fd, run_dir, "trainer") if lock_fd is not None else runlock.acquire(run_dir, "trainer")
+    with lock:
+        return Run(config, run_dir, resume, events_stdout).execute()

@@ -65,6 +65,7 @@ def show(run_id: str = typer.Argument(..., metavar="RUN"), runs_dir: Optional[Pa
 
     from puffctl import runs
     from puffctl.dashboard import fit_width, render
+    from trainer.runlock import describe
 
     fit_width(console)
     run = runs.get_run(runs.runs_root(runs_dir), run_id)
@@ -74,7 +75,12 @@ def show(run_id: str = typer.Argument(..., metavar="RUN"), runs_dir: Optional[Pa
     style = STATUS_STYLE.get(run.status, "none")
     console.print(f"[bold]status[/]   [{style}]{run.status}[/]" + (f": {escape(run.reason)}" if run.reason else ""), highlight=False)
     if run.status == "lost":
-        console.print(f"         [dim]status.json says running, but pid {run.status_file.get('pid')} is gone (killed or crashed)[/]")
+        console.print(f"         [dim]status.json says running, but pid {run.status_file.get('pid')} is gone and no process holds the run (killed or crashed)[/]")
+    elif run.holder is not None:
+        console.print(f"         [dim]held by {escape(describe(run.holder))}[/]")
+    if run.state.damaged_lines:
+        lines = ", ".join(map(str, run.state.damaged_lines))
+        console.print(f"[yellow]warning[/]: events.jsonl line(s) {lines} are damaged (a writer was killed mid-line); skipped them", highlight=False)
     console.print(f"[bold]profile[/]  {escape(run.profile or '-')}" + (f"  --set {' '.join(run.launch['sets'])}" if run.launch.get("sets") else ""), highlight=False)
     git = run.state.git or runs.read_json(run.path / "source.json") or None
     if git:
@@ -121,6 +127,7 @@ def tail(
     state = RunState(run_id=run.run_id)
     for event in reader.read():
         state.apply(event)
+    state.note_damaged(reader.damaged)
     if not follow or run.status != "running":
         console.print(render(state))
         if follow:

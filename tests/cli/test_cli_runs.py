@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from puffctl import runs
 from puffctl.cli import app
 from puffctl.errors import PuffctlError
+from trainer import runlock
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[2]
@@ -43,10 +44,12 @@ def make_run(root: Path, run_id: str, stream: str | None, status: dict | None, p
 def store(tmp_path):
     root = tmp_path / "runs"
     done = make_run(root, "done", "completed.jsonl", {"status": "completed", "pid": 1})
-    (done / "checkpoints" / "epoch-000020.pt").write_bytes(b"x" * 1000)
+    (done / "checkpoints" / "epoch_00000020.pt").write_bytes(b"x" * 1000)
     make_run(root, "killed", "truncated.jsonl", {"status": "running", "pid": dead_pid()}, profile="vtrace")
-    make_run(root, "alive", "truncated.jsonl", {"status": "running", "pid": os.getpid()})
-    return root
+    runlock.acquire(root / "killed", "trainer").release()  # its trainer held the lock, then died
+    alive = make_run(root, "alive", "truncated.jsonl", {"status": "running", "pid": os.getpid()})
+    with runlock.acquire(alive, "trainer"):  # this process plays the live trainer
+        yield root
 
 
 def invoke(*args: str):
@@ -106,7 +109,7 @@ def test_cli_runs_show(store):
     out = result.output
     assert "completed" in out and "Performance" in out and "episode_return" in out
     assert "a" * 40 in out and "dirty" in out
-    assert "checkpoints/epoch-000020.pt" in out and "checkpoints (1)" in out
+    assert "checkpoints/epoch_00000020.pt" in out and "checkpoints (1)" in out
     assert "CartPole-v1" in out  # the resolved config
     lost = invoke("runs", "show", "killed", "--runs-dir", str(store)).output
     assert "lost" in lost and "is gone" in lost
@@ -125,8 +128,9 @@ def test_cli_runs_rm_asks_first(store):
     assert result.exit_code == 0 and not (store / "done").exists()
     assert invoke("runs", "rm", "killed", "--yes", "--runs-dir", str(store)).exit_code == 0
     assert not (store / "killed").exists()
-    with pytest.raises(PuffctlError, match="still running"):
+    with pytest.raises(PuffctlError, match=r"run alive is in use by trainer pid \d+ on .*; stop it first"):
         runs.remove_run(store, "alive")
+    assert (store / "alive" / "events.jsonl").is_file()
 
 
 def puffctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
