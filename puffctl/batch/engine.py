@@ -98,6 +98,7 @@ class Engine:
     live: dict[str, Live] = field(default_factory=dict)
     active: dict[str, str] = field(default_factory=dict)
     stopping: int = 0
+    adopted: set[str] = field(default_factory=set)
     begun: float = field(default_factory=time.time)
 
     def run(self) -> dict[str, int]:
@@ -170,6 +171,8 @@ class Engine:
         self.live[cell_id] = Live()
         if current.handle and self.executor.adopt(current.handle):
             self.active[cell_id] = current.slot or "adopted"
+            self.adopted.add(cell_id)
+            self._changed(cell_id)
             return
         self._settle(cell_id, Exit(None, "the process was lost while no orchestrator watched it"))
 

@@ -145,7 +145,7 @@ def change_line(engine, cell_id: str) -> str:
     done = counts["completed"] + counts["failed"] + counts["crashed"]
     text = f"[{done}/{len(engine.batch.cells)}] {cell_id} {cell.group} seed {cell.seed}: {current.status}"
     if current.status == "running":
-        text += f" on {current.slot} (start {current.starts})"
+        text += f" on {current.slot} " + ("(re-adopted)" if cell_id in engine.adopted else f"(start {current.starts})")
     elif current.status in ("completed", "failed"):
         text += f", {human_count(current.steps)} steps, {engine.batch.spec.metric} {human_value(current.metric)}"
         if current.started and current.ended:
