@@ -103,6 +103,8 @@ class Engine:
 
     def run(self) -> dict[str, int]:
         """Run every cell that still needs it; returns the status counts. Holds the batch lock."""
+        if any(not cell.config for cell in self.batch.cells):
+            raise ValueError("the batch was opened without its cells' configs (open_batch(..., configs=True))")
         with Lock(self.batch.path):
             previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
@@ -287,11 +289,17 @@ def final_metric(path: Path, metric: str) -> float | None:
     return values[-1] if values else None
 
 
+def needs_running(batch: Batch, *, retry_failed: bool = False) -> bool:
+    """True if some cell would run or be followed (not every cell has its result)."""
+    counts = batch.counts()
+    return counts["completed"] + (0 if retry_failed else counts["failed"]) < len(batch.cells)
+
+
 def resume_check(batch: Batch, *, retry_failed: bool) -> None:
     """A one-line error if resuming would neither run nor follow any cell."""
-    counts = batch.counts()
-    if counts["completed"] + (0 if retry_failed else counts["failed"]) < len(batch.cells):
+    if needs_running(batch, retry_failed=retry_failed):
         return
+    counts = batch.counts()
     if counts["failed"]:
         raise PuffctlError(f"batch {batch.name!r} is finished ({counts['completed']} completed, {counts['failed']} "
                            "failed by divergence); --retry-failed reruns the failed ones")

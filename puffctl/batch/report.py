@@ -142,12 +142,15 @@ def load_curves(batch: Batch, metric: str) -> tuple[list[RunCurve], list[tuple[C
             keys = metric_keys(events)
             raise PuffctlError(f"metric {metric!r} is not in cell {cell.cell_id} ({cell.group} seed {cell.seed})'s events; "
                                f"keys there: {', '.join(keys) or 'none'}")
-        state = RunState()
+        state = RunState()  # only its segment timing: start and end events, and the last event's time
         speeds = []
         for event in events:
-            state.apply(event)
-            if event["type"] == "progress" and isinstance(event.get("sps"), (int, float)):
+            if event["type"] in ("start", "end"):
+                state.apply(event)
+            elif event["type"] == "progress" and isinstance(event.get("sps"), (int, float)):
                 speeds.append(float(event["sps"]))
+        if events:
+            state.apply({"type": "", "time": events[-1].get("time")})
         found.append(RunCurve(cell, steps, values, float(np.mean(speeds)) if speeds else None, state.duration, status))
     return found, missing
 

@@ -70,16 +70,16 @@ class Cell:
     config: dict
 
     def to_json(self) -> dict:
-        """The cell as stored in the batch's cells.json."""
+        """The cell as stored in the batch's cells.json (its config apart, in configs.json)."""
         return {"id": self.cell_id, "group": self.group, "variant": self.variant, "point": [list(p) for p in self.point],
-                "seed": self.seed, "profile": self.profile, "sets": list(self.sets), "config": self.config}
+                "seed": self.seed, "profile": self.profile, "sets": list(self.sets)}
 
     @classmethod
-    def from_json(cls, data: dict) -> Cell:
-        """The inverse of to_json."""
+    def from_json(cls, data: dict, config: dict | None = None) -> Cell:
+        """The inverse of to_json, with the cell's config if it was loaded ({} if not)."""
         return cls(cell_id=data["id"], group=data["group"], variant=data["variant"],
                    point=tuple((key, value) for key, value in data["point"]), seed=data["seed"],
-                   profile=data["profile"], sets=tuple(data["sets"]), config=data["config"])
+                   profile=data["profile"], sets=tuple(data["sets"]), config=config or {})
 
 
 def cell_id(config: Mapping) -> str:

@@ -1,7 +1,8 @@
 """A batch on disk: its directory, cells, state file (atomic writes) and orchestrator lock.
 
-`<ablations root>/<name>/` holds `spec.yaml` (the spec as given), `cells.json` (every cell
-with its resolved config, written once), `state.json` (each cell's status, attempts and
+`<ablations root>/<name>/` holds `spec.yaml` (the spec as given), `cells.json` (every cell:
+group, variant, seed, overrides), `configs.json` (each cell's resolved config, read only to
+start cells, so `status` and `report` stay fast on big batches), `state.json` (each cell's status, attempts and
 executor handle, rewritten atomically on every change), `.lock` (held by the one
 orchestrator running the batch) and `runs/<cell id>/`, each an ordinary run directory.
 """
@@ -23,7 +24,7 @@ from puffctl.errors import PuffctlError
 #: diverged); crashed: out of retries; interrupted: stopped on purpose, resumable.
 STATUSES = ("pending", "running", "completed", "failed", "crashed", "interrupted")
 FINISHED = ("completed", "failed")
-STATE_FILE, CELLS_FILE, SPEC_FILE, LOCK_FILE = "state.json", "cells.json", "spec.yaml", ".lock"
+STATE_FILE, CELLS_FILE, CONFIGS_FILE, SPEC_FILE, LOCK_FILE = "state.json", "cells.json", "configs.json", "spec.yaml", ".lock"
 
 
 def ablations_root(option: Path | None = None) -> Path:
@@ -122,7 +123,8 @@ def create(root: Path, spec: Spec, cells: list[Cell], spec_text: str) -> Batch:
 
 
 def write_cells(path: Path, cells: list[Cell]) -> None:
-    """Write a batch's cells.json atomically."""
+    """Write a batch's cells.json and configs.json atomically (configs first: cells.json marks a batch)."""
+    runs.write_json(path / CONFIGS_FILE, {cell.cell_id: cell.config for cell in cells})
     runs.write_json(path / CELLS_FILE, {"cells": [cell.to_json() for cell in cells]})
 
 
@@ -133,8 +135,9 @@ def list_batches(root: Path) -> list[str]:
     return sorted(path.name for path in root.iterdir() if (path / CELLS_FILE).is_file())
 
 
-def open_batch(root: Path, name: str) -> Batch:
-    """An existing batch by name: spec, cells and state as last written."""
+def open_batch(root: Path, name: str, *, configs: bool = False) -> Batch:
+    """An existing batch by name: spec, cells and state as last written; the cells' configs
+    only if `configs` (to run cells)."""
     runs.check_run_id(name)
     path = root / name
     if not (path / CELLS_FILE).is_file():
@@ -143,7 +146,8 @@ def open_batch(root: Path, name: str) -> Batch:
     from puffctl import profiles
 
     spec = parse(profiles.parse_yaml((path / SPEC_FILE).read_text(encoding="utf-8"), str(path / SPEC_FILE)), str(path / SPEC_FILE))
-    cells = [Cell.from_json(item) for item in json.loads((path / CELLS_FILE).read_text(encoding="utf-8"))["cells"]]
+    resolved = json.loads((path / CONFIGS_FILE).read_text(encoding="utf-8")) if configs else {}
+    cells = [Cell.from_json(item, resolved.get(item["id"])) for item in json.loads((path / CELLS_FILE).read_text(encoding="utf-8"))["cells"]]
     saved = runs.read_json(path / STATE_FILE).get("cells") or {}
     state = {cell.cell_id: CellState.from_json(saved.get(cell.cell_id) or {}) for cell in cells}
     return Batch(path, spec, cells, state)

@@ -68,7 +68,7 @@ def resume(
     """Continue a batch: run only missing, crashed, interrupted or lost cells; re-adopt live ones."""
     from puffctl.batch import engine, state
 
-    batch = state.open_batch(state.ablations_root(root), name)
+    batch = state.open_batch(state.ablations_root(root), name, configs=True)
     engine.resume_check(batch, retry_failed=retry_failed)
     count = slots or batch.spec.slots or engine.default_slots(batch.cells)
     raise typer.Exit(_run_batch(batch, count, retry_failed))
