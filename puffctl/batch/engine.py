@@ -26,6 +26,7 @@ from puffctl.batch import state as batch_state
 from puffctl.batch.spec import Cell, Spec, expand, load, metric_value
 from puffctl.batch.state import Batch, Lock
 from puffctl.errors import PuffctlError
+from puffctl.events import fold, read_events
 from puffctl.executors.base import Executor, Exit, Job
 
 
@@ -40,7 +41,6 @@ class Live:
 
     offset: int = 0
     steps: int = 0
-    total: int | None = None
     sps: float | None = None
     eta: float | None = None
     metric: float | None = None
@@ -99,7 +99,6 @@ class Engine:
     active: dict[str, str] = field(default_factory=dict)
     stopping: int = 0
     adopted: set[str] = field(default_factory=set)
-    begun: float = field(default_factory=time.time)
 
     def run(self) -> dict[str, int]:
         """Run every cell that still needs it; returns the status counts. Holds the batch lock."""
@@ -118,7 +117,9 @@ class Engine:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stopping += 1
         for cell_id in list(self.active):
-            self.executor.stop(self.batch.state[cell_id].handle or {}, force=self.stopping > 1)
+            handle = self.batch.state[cell_id].handle
+            if handle:
+                self.executor.stop(handle, force=self.stopping > 1)
         self._changed(None)
 
     def _wanted(self, cell: Cell) -> bool:
@@ -203,7 +204,6 @@ class Engine:
         for event in events:
             if event.get("type") == "progress":
                 live.steps = int(event.get("agent_steps") or live.steps)
-                live.total = event.get("total_steps", live.total)
                 live.sps, live.eta = event.get("sps"), event.get("eta")
                 value = metric_value(event, self.batch.spec.metric)
                 live.metric = value if value is not None else live.metric
@@ -227,17 +227,16 @@ class Engine:
         path = self.batch.run_dir(cell_id)
         if current.handle:
             self.executor.collect(current.handle, path)
-        run = runs.load_run(path) if path.is_dir() else None
-        final = run.state if run is not None else None
-        if final is not None and not final.finished and exited.returncode is not None:
+        events = read_events(path / "events.jsonl")
+        final = fold(events)
+        if not final.finished and exited.returncode is not None and path.is_dir():
             launch.settle(path, final, exited.returncode, False)
-        end = last_end(path)
+        end = last_end(events)
         current.handle, current.ended = None, time.time()
-        if final is not None:
-            current.steps = final.agent_steps
-            current.metric = self.live.get(cell_id, Live()).metric
-            if current.metric is None:
-                current.metric = final_metric(path, self.batch.spec.metric)
+        current.steps = final.agent_steps
+        current.metric = self.live.get(cell_id, Live()).metric
+        if current.metric is None:
+            current.metric = final_metric(events, self.batch.spec.metric)
         if end.get("status") == "completed":
             current.status, current.reason = "completed", None
         elif end.get("status") == "failed" and end.get("cause") == "diverged":
@@ -267,12 +266,10 @@ class Engine:
         return max(max(running, default=0.0), (sum(running) + waiting * per_cell) / slots)
 
 
-def last_end(path: Path) -> dict:
-    """The run's last `end` event after its last `start` ({} if the latest attempt has none)."""
-    from puffctl.events import read_events
-
+def last_end(events: list[dict]) -> dict:
+    """The last `end` event after the last `start` ({} if the latest attempt has none)."""
     end: dict = {}
-    for event in read_events(path / "events.jsonl"):
+    for event in events:
         if event["type"] == "start":
             end = {}
         elif event["type"] == "end":
@@ -280,11 +277,9 @@ def last_end(path: Path) -> dict:
     return end
 
 
-def final_metric(path: Path, metric: str) -> float | None:
-    """The last value of `metric` in a run's progress events."""
-    from puffctl.events import read_events
-
-    values = [metric_value(event, metric) for event in read_events(path / "events.jsonl") if event["type"] == "progress"]
+def final_metric(events: list[dict], metric: str) -> float | None:
+    """The last value of `metric` in progress events."""
+    values = [metric_value(event, metric) for event in events if event["type"] == "progress"]
     values = [value for value in values if value is not None]
     return values[-1] if values else None
 
