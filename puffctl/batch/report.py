@@ -248,7 +248,7 @@ def build(batch: Batch, *, last_percent: float = LAST_PERCENT, resamples: int = 
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None or value != value:
         return "-"
-    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
 def interval_text(interval: Interval | None, digits: int = 3) -> str:

@@ -220,16 +220,18 @@ def status(name: str = typer.Argument(..., metavar="NAME"), root: Optional[Path]
 def ls(root: Optional[Path] = DirOption) -> None:
     """The batches under the ablations root, with their cell counts by status."""
     from puffctl.batch import state
+    from puffctl.dashboard import fit_width
 
-    fit = Table(title=f"ablations in {escape(str(state.ablations_root(root)))}")
+    fit_width(console)
+    table = Table(title=f"ablations in {escape(str(state.ablations_root(root)))}")
     for column in ("name", "cells", *state.STATUSES, "metric"):
-        fit.add_column(column, justify="left" if column in ("name", "metric") else "right")
+        table.add_column(column, justify="left" if column in ("name", "metric") else "right")
     found = state.list_batches(state.ablations_root(root))
     for name in found:
         batch = state.open_batch(state.ablations_root(root), name)
         counts = batch.counts()
-        fit.add_row(escape(name), str(len(batch.cells)), *(str(counts[s] or "-") for s in state.STATUSES), escape(batch.spec.metric))
-    console.print(fit)
+        table.add_row(escape(name), str(len(batch.cells)), *(str(counts[s] or "-") for s in state.STATUSES), escape(batch.spec.metric))
+    console.print(table)
     if not found:
         console.print("[dim]no batches[/]")
 
