@@ -25,6 +25,8 @@ STATUS_STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "fail
                 "interrupted": "yellow"}
 #: Seeds shown as columns of `ablate status`; more are summarised per group.
 SEED_COLUMNS = 12
+#: Rows of the live table; a bigger batch shows its running cells and the latest to end.
+TABLE_ROWS = 30
 
 
 def _status(status: str) -> str:
@@ -105,9 +107,9 @@ def _run_batch(batch, slots: int, retry_failed: bool) -> int:
         with Live(console=console, auto_refresh=False, transient=False) as live:
             last = [0.0]
 
-            def redraw(engine: Engine, _cell: str | None) -> None:
+            def redraw(engine: Engine, cell_id: str | None) -> None:
                 now = time.monotonic()
-                if now - last[0] > 0.25 or _cell is None:
+                if now - last[0] > 0.25 or cell_id is None:
                     last[0] = now
                     live.update(batch_table(engine), refresh=True)
 
@@ -168,7 +170,14 @@ def batch_table(engine) -> Table:
                   + f"; batch ETA {human_duration(eta) if eta is not None else '-'}")
     for column in ("cell", "variant", "seed", "status", "slot", "steps", "SPS", batch.spec.metric, "ETA"):
         table.add_column(escape(column), justify="right" if column in ("seed", "steps", "SPS", "ETA") else "left")
-    for cell in batch.cells:
+    shown = batch.cells
+    if len(shown) > TABLE_ROWS:  # running cells, then the latest to end
+        ended = sorted((c for c in shown if batch.state[c.cell_id].ended and batch.state[c.cell_id].status != "running"),
+                       key=lambda c: batch.state[c.cell_id].ended or 0.0, reverse=True)
+        running = [c for c in shown if batch.state[c.cell_id].status == "running"]
+        shown = running + ended[:max(0, TABLE_ROWS - len(running))]
+        table.caption = f"{len(batch.cells) - len(shown)} more cells: puffctl ablate status {batch.name}"
+    for cell in shown:
         current = batch.state[cell.cell_id]
         live = engine.live.get(cell.cell_id)
         running = current.status == "running" and live is not None
