@@ -142,7 +142,7 @@ def report_speed(runs: int, progress: int) -> dict:
         import scipy.stats  # noqa: F401 - imported before the clock starts, like matplotlib below; the CLI pays both
 
         began, cpu = time.perf_counter(), time.process_time()
-        built = report.build(state.open_batch(batch.path.parent, batch.name))
+        built = report.build(state.open_batch(batch.path.parent, batch.name, configs=False))
         inside, inside_cpu = time.perf_counter() - began, time.process_time() - cpu
         import matplotlib.pyplot  # noqa: F401
 
@@ -160,12 +160,12 @@ def advantage(spec: Path, directory: Path | None) -> dict:
     planned = engine.plan(spec)
     name = planned.spec.name
     path = root / name
-    batch = state.open_batch(root, name, configs=True) if path.is_dir() else engine.create(root, planned)
+    batch = state.open_batch(root, name) if path.is_dir() else engine.create(root, planned)
     began = time.perf_counter()
     if engine.needs_running(batch):
         engine.Engine(batch, LocalExecutor(planned.spec.slots or engine.default_slots(planned.cells))).run()
     wall = time.perf_counter() - began
-    result = report.build(state.open_batch(root, name))
+    result = report.build(state.open_batch(root, name, configs=False))
     report.plot(result, root / f"{name}.png")
     print(report.to_markdown(result))
     print(f"curves: {root / f'{name}.png'}; batch in {path}")

@@ -103,7 +103,7 @@ class Engine:
     def run(self) -> dict[str, int]:
         """Run every cell that still needs it; returns the status counts. Holds the batch lock."""
         if any(not cell.config for cell in self.batch.cells):
-            raise ValueError("the batch was opened without its cells' configs (open_batch(..., configs=True))")
+            raise ValueError("this batch was opened with configs=False: it can be shown, not run")
         with Lock(self.batch.path):
             previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:

@@ -70,7 +70,7 @@ def resume(
     """Continue a batch: run only missing, crashed, interrupted or lost cells; re-adopt live ones."""
     from puffctl.batch import engine, state
 
-    batch = state.open_batch(state.ablations_root(root), name, configs=True)
+    batch = state.open_batch(state.ablations_root(root), name)
     engine.resume_check(batch, retry_failed=retry_failed)
     count = slots or batch.spec.slots or engine.default_slots(batch.cells)
     raise typer.Exit(_run_batch(batch, count, retry_failed))
@@ -199,7 +199,7 @@ def status(name: str = typer.Argument(..., metavar="NAME"), root: Optional[Path]
     from puffctl.dashboard import fit_width, human_value
 
     fit_width(console)
-    batch = state.open_batch(state.ablations_root(root), name)
+    batch = state.open_batch(state.ablations_root(root), name, configs=False)
     seeds = batch.spec.seeds
     counts = batch.counts()
     table = Table(title=f"{escape(batch.name)} ({batch.spec.metric}): " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
@@ -237,7 +237,7 @@ def ls(root: Optional[Path] = DirOption) -> None:
         table.add_column(column, justify="left" if column in ("name", "metric") else "right")
     found = state.list_batches(state.ablations_root(root))
     for name in found:
-        batch = state.open_batch(state.ablations_root(root), name)
+        batch = state.open_batch(state.ablations_root(root), name, configs=False)
         counts = batch.counts()
         table.add_row(escape(name), str(len(batch.cells)), *(str(counts[s] or "-") for s in state.STATUSES), escape(batch.spec.metric))
     console.print(table)
@@ -261,7 +261,7 @@ def report(
     from puffctl.dashboard import fit_width, sparkline
 
     fit_width(console)
-    batch = state.open_batch(state.ablations_root(root), name)
+    batch = state.open_batch(state.ablations_root(root), name, configs=False)
     result = batch_report.build(batch, last_percent=last)
     table = Table(title=f"{escape(result.name)}: {escape(result.metric)} ({'higher' if result.higher_is_better else 'lower'} is better), "
                         f"baseline {escape(result.baseline)}")
