@@ -150,3 +150,22 @@ def test_ablate_orchestrator_killed_then_resume_runs_only_what_is_missing(tmp_pa
         assert [event["type"] for event in events].count("start") == 1
     again = puffctl(tmp_path, "ablate", "resume", "crash", timeout=60)
     assert again.returncode == 2 and "--retry-failed" in again.stderr
+
+
+def test_ablate_ctrl_c_checkpoints_the_cells_and_resume_continues_them(tmp_path):
+    spec = spec_file(tmp_path, name="stop", seeds=1, steps=200000, variants=[{"label": "puff", "profile": "baseline"}])
+    orchestrator = start(tmp_path, "ablate", "run", str(spec))
+    run_dirs = tmp_path / "ablations" / "stop" / "runs"
+    wait_for(lambda: any(event["type"] == "progress" for path in run_dirs.glob("*/events.jsonl") for event in read_events(path)),
+             what="the cell's first progress event")
+    orchestrator.send_signal(signal.SIGINT)
+    output, _ = orchestrator.communicate(timeout=120)
+    assert orchestrator.returncode == 130, output
+    (cell_id, current), = cell_states(tmp_path, "stop").items()
+    assert current["status"] == "interrupted" and "1 interrupted" in output
+    resumed = puffctl(tmp_path, "ablate", "resume", "stop")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert cell_states(tmp_path, "stop")[cell_id]["status"] == "completed"
+    events = read_events(run_dirs / cell_id / "events.jsonl")
+    assert [event.get("resumed") for event in events if event["type"] == "start"] == [False, True]
+    assert starts(tmp_path) == {cell_id: 2}
