@@ -98,10 +98,12 @@ def _run_batch(batch, slots: int, retry_failed: bool) -> int:
     from rich.live import Live
 
     from puffctl.batch.engine import Engine
+    from puffctl.build import ensure_built
     from puffctl.dashboard import fit_width
     from puffctl.executors.local import LocalExecutor
 
     fit_width(console)
+    ensure_built(console)  # once for the batch, as `puffctl train` does for a run
     executor = LocalExecutor(slots)
     if console.is_terminal:
         with Live(console=console, auto_refresh=False, transient=False) as live:
