@@ -199,6 +199,7 @@ def build(batch: Batch, *, last_percent: float = LAST_PERCENT, resamples: int = 
     if not 0 < last_percent <= 100:
         raise PuffctlError(f"--last {last_percent}: expected a percentage in (0, 100]")
     runs_found, missing = load_curves(batch, spec.metric)
+    missing += [(run.cell, f"{run.status} before any {spec.metric}") for run in runs_found if not len(run.steps)]
     runs_found = [run for run in runs_found if len(run.steps)]
     ends = [run.steps[-1] for run in runs_found if run.status == "completed"] or [run.steps[-1] for run in runs_found]
     grid = np.linspace(0.0, min(ends), GRID_POINTS) if ends else np.zeros(0)
