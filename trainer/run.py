@@ -148,7 +148,7 @@ class Run:
             return self._loop(trainer, profiler, Utilization(device.type), LOSS_KEYS)
         except Diverged as error:
             reason = f"{error} (try a lower train.learning_rate); last good checkpoint kept"
-            self._end(trainer, "failed", reason, self.final_metrics)
+            self._end(trainer, "failed", reason, self.final_metrics, cause="diverged")
             return EXIT_FAILED
         except ConfigError as error:
             events.update_status(status="failed", reason=str(error))
@@ -156,7 +156,7 @@ class Run:
         except Exception as error:  # noqa: BLE001 - a crash still ends the stream
             traceback.print_exc(file=sys.stderr)
             reason = f"{type(error).__name__}: {error}".splitlines()[0]
-            self._end(trainer, "failed", reason, self.final_metrics)
+            self._end(trainer, "failed", reason, self.final_metrics, cause="error")
             return EXIT_FAILED
         finally:
             for sig, handler in previous.items():
@@ -193,7 +193,8 @@ class Run:
             if halting:
                 self._checkpoint(trainer)
                 reason = f"halted by watchdog {halting[0].name} (train.halt_on): {halting[0].text}; checkpoint kept"
-                self._end(trainer, "failed", reason, {"losses": losses, "env": window.read() or last_env})
+                self._end(trainer, "failed", reason, {"losses": losses, "env": window.read() or last_env},
+                          cause="diverged")
                 return EXIT_FAILED
             done = trainer.agent_steps >= total_steps
             now = time.perf_counter()
@@ -233,7 +234,7 @@ class Run:
                                            "a resume restarts its episodes")
         self.events.emit("checkpoint", **saved, epoch=trainer.epoch, agent_steps=trainer.agent_steps)
 
-    def _end(self, trainer, status: str, reason: str | None, metrics: dict) -> None:
+    def _end(self, trainer, status: str, reason: str | None, metrics: dict, cause: str | None = None) -> None:
         """The end event and the final status.json; status.json keeps the progress it had when
         this process trained no epoch (a failed start never regresses it)."""
         epoch = trainer.epoch if trainer is not None else self.events.status["epoch"]
@@ -241,7 +242,7 @@ class Run:
         try:
             if reason and status == "failed":
                 self.events.message("error", reason)
-            self.events.emit("end", status=status, reason=reason, epoch=epoch, agent_steps=steps, metrics=metrics)
+            self.events.emit("end", status=status, reason=reason, cause=cause, epoch=epoch, agent_steps=steps, metrics=metrics)
         except OSError as error:  # the stream cannot be written (disk full): status.json still says why
             print(f"error: {error}", file=sys.stderr)
         progress = {"epoch": epoch, "agent_steps": steps} if self.trained else {}
