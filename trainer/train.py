@@ -37,10 +37,6 @@ class Diverged(RuntimeError):
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac",
              "importance", "explained_variance")
 CHECKED_LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl")
-#: Per-epoch diagnostics of every profile: the pre-clip gradient norm (mean over minibatches) and
-#: the statistics of the last advantages and value targets the phase computed.
-DIAGNOSTIC_KEYS = ("grad_norm", "advantage_mean", "advantage_std", "advantage_max_abs",
-                   "return_mean", "return_std", "return_max_abs")
 
 
 def select_device(requested: str) -> torch.device:
@@ -281,6 +277,7 @@ class Trainer:
         self.epoch += 1
         mean = {key: float(value) / num_minibatches for key, value in totals.items()}
         mean["explained_variance"] = losses.explained_variance(values.flatten(), returns.flatten())
+        # per-epoch diagnostics: grad_norm above (pre-clip), and the spread of the last estimates
         with torch.no_grad():
             spread = {**losses.summary(advantages, "advantage"), **losses.summary(returns, "return")}
         mean.update(zip(spread, torch.stack(list(spread.values())).tolist()))

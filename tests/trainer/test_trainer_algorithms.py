@@ -104,9 +104,16 @@ def test_one_enabled_is_itself_and_several_are_a_stack(probe):
     assert isinstance(both, Stack) and both.extra_obs_size == 2 and both.retained_rows == 4
 
 
-def test_the_baseline_builds_the_no_op_algorithm():
+def test_the_baseline_builds_the_no_op_algorithm_and_logs_the_diagnostics():
+    from puffctl.dashboard import DIAGNOSTIC_ORDER
+
     trainer = make()
     assert type(trainer.algorithm) is Algorithm
     obs = torch.randn(4, 4)
     assert trainer.algorithm.policy_inputs(obs, slice(0, 4), None) is obs
     assert trainer.algorithm.loss(None, None) is None and trainer.algorithm.metrics() == {}
+    trainer.evaluate()
+    stats = trainer.train()
+    assert set(DIAGNOSTIC_ORDER) <= set(stats)  # what the live table shows is what the trainer logs
+    assert stats["grad_norm"] > 0 and stats["advantage_max_abs"] >= abs(stats["advantage_mean"])
+    assert stats["return_std"] > 0
