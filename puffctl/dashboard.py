@@ -34,6 +34,18 @@ LOSS_ORDER = (
     "importance",
     "explained_variance",
 )
+#: The trainer's per-epoch diagnostics (trainer/train.py DIAGNOSTIC_KEYS), shown apart from the losses.
+DIAGNOSTIC_ORDER = (
+    "grad_norm",
+    "advantage_mean",
+    "advantage_std",
+    "advantage_max_abs",
+    "return_mean",
+    "return_std",
+    "return_max_abs",
+)
+#: The replay factor's instrumentation (trainer/algorithms/replay.py): keys with this prefix.
+REPLAY_PREFIX = "replay_"
 EVALUATE_PARTS = ("forward", "env", "copy", "misc")
 TRAIN_PARTS = ("forward", "learn", "copy", "misc")
 LEVEL_STYLE = {"info": "cyan", "warning": "yellow", "error": "bold red"}
@@ -209,13 +221,27 @@ class Reference:
     curve: Curve
 
 
+def split_losses(losses: dict) -> tuple[dict, dict, dict]:
+    """The losses dict as (losses, diagnostics, off-policy instrumentation)."""
+    diagnostics = {key: value for key, value in losses.items() if key in DIAGNOSTIC_ORDER}
+    replay = {key[len(REPLAY_PREFIX):]: value for key, value in losses.items() if key.startswith(REPLAY_PREFIX)}
+    rest = {key: value for key, value in losses.items()
+            if key not in diagnostics and not key.startswith(REPLAY_PREFIX)}
+    return rest, diagnostics, replay
+
+
 def render(state: RunState, reference: Reference | None = None) -> RenderableType:
-    """The full table: header, summary | performance, losses | env stats, sparkline, reference, message."""
+    """The full table: header, summary | performance, losses | env stats, diagnostics | replay,
+    sparkline, reference, message."""
     body = Table.grid(padding=(0, 4))
     body.add_column()
     body.add_column()
     body.add_row(_summary(state), _performance(state))
-    body.add_row(_metrics("Losses", state.losses, LOSS_ORDER), _metrics("Env stats", state.env, ("episode_return",)))
+    losses, diagnostics, replay = split_losses(state.losses)
+    body.add_row(_metrics("Losses", losses, LOSS_ORDER), _metrics("Env stats", state.env, ("episode_return",)))
+    if diagnostics or replay:
+        body.add_row(_metrics("Diagnostics", diagnostics, DIAGNOSTIC_ORDER),
+                     _metrics("Replay", replay) if replay else Text(""))
     parts: list[RenderableType] = [_header(state), body]
     if state.returns:
         line = Text(f"{state.return_key} ", style="dim")

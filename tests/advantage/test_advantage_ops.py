@@ -304,3 +304,17 @@ def test_the_cuda_kernels_row_scan_matches_the_reference_on_the_cpu():
                           capture_output=True, text=True, env={**os.environ, "PUFFCTL_PORTABLE_KERNEL": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_vtrace_pg_rho_clip_clips_only_the_policy_advantages(backend):
+    values, rewards, dones, importance, boot = batch(16, 12, seed=3)
+    importance = 2 * importance  # ratios in [0, 4): many above either clip
+    kwargs = dict(estimator="vtrace", gamma=GAMMA, gae_lambda=LAMBDA, rho_clip=1.0, bootstrap=boot, backend=backend)
+    pg, vs = advantage.compute(values, rewards, dones, importance, **kwargs)
+    same_pg, same_vs = advantage.compute(values, rewards, dones, importance, pg_rho_clip=1.0, **kwargs)
+    assert torch.equal(pg, same_pg) and torch.equal(vs, same_vs)  # default: the rho clip itself
+    wide_pg, wide_vs = advantage.compute(values, rewards, dones, importance, pg_rho_clip=2.5, **kwargs)
+    assert torch.equal(wide_vs, vs)  # the targets keep rho_clip
+    # pg[t] = min(w[t], clip) * q[t] with the same q[t] = r + gamma * nd * vs[t+1] - v[t]
+    assert_same(wide_pg, importance.clamp(max=2.5) * pg / importance.clamp(max=1.0))
+    assert (wide_pg != pg).any()

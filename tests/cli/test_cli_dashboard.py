@@ -32,6 +32,17 @@ def test_cli_table_has_every_section_of_the_spec():
     assert "▁" in text and "█" in text and "best 402" in text
 
 
+def test_cli_table_shows_diagnostics_and_replay_apart_from_the_losses():
+    state = fold(read_events(DATA / "completed.jsonl"))
+    state.losses = {"policy_loss": 0.01, "grad_norm": 3.5, "advantage_max_abs": 7.25, "return_std": 2.0,
+                    "replay_offpolicy_frac": 0.33, "replay_age_max": 4.0}
+    text = text_of(render(state))
+    assert "Diagnostics" in text and "grad_norm" in text and "3.5" in text and "advantage_max_abs" in text
+    assert "Replay" in text and "offpolicy_frac" in text and "0.33" in text and "age_max" in text
+    assert "replay_offpolicy_frac" not in text  # shown once, under Replay, without the prefix
+    assert "Replay" not in text_of(render(fold(read_events(DATA / "completed.jsonl"))))
+
+
 def test_cli_table_before_any_event_says_it_waits():
     text = text_of(render(RunState(run_id="fresh")))
     assert "fresh" in text and "waiting for the trainer" in text and "Summary" in text

@@ -1,5 +1,6 @@
-"""Learning smoke runs (seconds): the return rises on CartPole; an LSTM beats an MLP on
-puffer:memory; PPO finds the goal of a small puffer:maze."""
+"""Learning smoke runs (seconds): the return rises on CartPole (baseline settings, and the
+vtrace and replay_factor profiles); an LSTM beats an MLP on puffer:memory; PPO finds the goal of
+a small puffer:maze."""
 
 import statistics
 
@@ -34,6 +35,16 @@ def test_cartpole_return_rises():
                         epochs=100)
     assert first < 40  # a random policy lasts about 22 steps
     assert last > 100
+
+
+@pytest.mark.parametrize("profile", ["vtrace", "replay_factor"])
+def test_the_off_policy_profiles_learn_cartpole(profile):
+    from puffctl import profiles
+
+    overrides = profiles.build_config(profiles.load(profile), sets=["train.seed=1"])
+    first, last = train(overrides, epochs=60)
+    assert first < 40
+    assert last > 150
 
 
 def test_lstm_remembers_where_an_mlp_cannot():
