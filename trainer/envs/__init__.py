@@ -1,7 +1,8 @@
 """Vector environments behind one interface: `make(name, num_envs, seed, **kwargs) -> VecEnv`.
 
 Names: `gym:<gymnasium id>` (e.g. `gym:CartPole-v1`, see `trainer.envs.gym_adapter`) or a
-built-in numpy env: `puffer:memory` (needs memory) and `puffer:maze` (sparse reward).
+built-in numpy env: `puffer:memory` (needs memory), `puffer:maze` (sparse reward) and
+`puffer:snake` (multi-agent, several snakes per board).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any
 
 from trainer.envs.maze import MazeEnv
 from trainer.envs.memory import MemoryEnv
+from trainer.envs.snake import SnakeEnv
 from trainer.envs.vecenv import EnvError, StepResult, VecEnv
 
-BUILTINS: dict[str, type[VecEnv]] = {"puffer:memory": MemoryEnv, "puffer:maze": MazeEnv}
+BUILTINS: dict[str, type[VecEnv]] = {"puffer:memory": MemoryEnv, "puffer:maze": MazeEnv, "puffer:snake": SnakeEnv}
 
 __all__ = ["BUILTINS", "EnvError", "StepResult", "VecEnv", "make"]
 
