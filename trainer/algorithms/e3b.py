@@ -1,0 +1,113 @@
+"""E3B, exploration via elliptical episodic bonuses (DOMAIN.md §4): the bonus math, apart from the loop.
+
+Per env (indexed by env id, not by buffer row) an inverse covariance `C_inv` [num_envs, H, H]
+starts at `(1/ridge) I`. Each step, for the embedding `phi` of the observation that just
+arrived: bonus `b = phi^T C_inv phi`, then the Sherman-Morrison update `u = C_inv phi;
+C_inv -= u u^T / (1 + b)`, so `C_inv` stays `(ridge I + sum phi phi^T)^-1` over the episode.
+On an episode's first step `C_inv` is reset (the ridge is added once, here) and the bonus is 0:
+the agent did not act its way into a reset state. With `decay` set, the covariance is never
+reset but decayed, `C <- decay C + phi phi^T` (the variant first streamed).
+
+The raw bonus starts near `|phi|^2 / ridge`, large enough to swamp the value loss, so the
+intrinsic reward is `coef * b / running_std(b)` (`norm`), and it joins the reward only.
+The embedding is the policy's hidden state, detached, or `InverseDynamics`' encoder (the
+paper's), trained with its own loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class RunningStd:
+    """Standard deviation of every value seen so far (Chan et al.'s parallel merge, in float64)."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, values: Tensor) -> None:
+        n = values.numel()
+        if not n:
+            return
+        values = values.detach().double()
+        mean, m2 = values.mean().item(), ((values - values.mean()) ** 2).sum().item()
+        delta, total = mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / self.count) ** 0.5 if self.count > 1 else 1.0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
+
+class E3B:
+    """Per-env elliptical bonus: `step(phi, first)` gives each env's intrinsic reward for its new observation."""
+
+    def __init__(self, num_envs: int, dim: int, *, ridge: float = 0.1, coef: float = 1.0, decay: float | None = None,
+                 norm: bool = True, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if ridge <= 0:
+            raise ValueError(f"e3b ridge must be > 0, got {ridge}")
+        if decay is not None and not 0 < decay <= 1:
+            raise ValueError(f"e3b decay must be in (0, 1], got {decay}")
+        self.num_envs, self.dim, self.ridge, self.coef, self.decay, self.norm = num_envs, dim, ridge, coef, decay, norm
+        self.eye = torch.eye(dim, device=device, dtype=dtype) / ridge
+        self.c_inv = self.eye.repeat(num_envs, 1, 1)
+        self.stats = RunningStd()
+        self.last_raw = torch.zeros(num_envs, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def step(self, phi: Tensor, first: Tensor) -> Tensor:
+        """Intrinsic rewards [num_envs] for embeddings `phi` [num_envs, H] of the observations that
+        just arrived; `first` [num_envs] bool marks observations that start an episode."""
+        phi = phi.detach().to(self.c_inv.dtype)
+        if self.decay is None:
+            self.c_inv[first] = self.eye
+        u = torch.bmm(self.c_inv, phi.unsqueeze(-1)).squeeze(-1)
+        raw = (phi * u).sum(-1)
+        if self.decay is None:
+            self.c_inv -= u.unsqueeze(-1) * u.unsqueeze(-2) / (1.0 + raw).view(-1, 1, 1)
+        else:  # (decay C + phi phi^T)^-1 by Sherman-Morrison on (decay C)^-1 = C_inv / decay
+            self.c_inv /= self.decay
+            u /= self.decay
+            self.c_inv -= u.unsqueeze(-1) * u.unsqueeze(-2) / (1.0 + raw / self.decay).view(-1, 1, 1)
+        bonus = raw * ~first
+        self.last_raw = bonus
+        if not self.norm:
+            return self.coef * bonus
+        self.stats.update(bonus[~first])
+        return self.coef * bonus / max(self.stats.std, 1e-8)
+
+    def state_dict(self) -> dict:
+        return {"c_inv": self.c_inv.clone(), "stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.c_inv.copy_(state["c_inv"])
+        self.stats.load_state_dict(state["stats"])
+
+
+class InverseDynamics(nn.Module):
+    """The paper's embedding: an encoder `phi(obs)` trained to tell which action led from one
+    observation to the next (cross-entropy over `head([phi(s), phi(s')])`)."""
+
+    def __init__(self, obs_size: int, n_actions: int, dim: int = 128) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(obs_size, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, n_actions))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.encoder(obs)
+
+    def loss(self, obs: Tensor, next_obs: Tensor, actions: Tensor, valid: Tensor) -> Tensor:
+        """Mean cross-entropy of predicting `actions` [B] from (obs, next_obs) [B, obs_size], over `valid` pairs
+        (pairs that cross an episode boundary are not transitions)."""
+        logits = self.head(torch.cat([self.encoder(obs), self.encoder(next_obs)], dim=-1))
+        losses = nn.functional.cross_entropy(logits, actions.long(), reduction="none")
+        return (losses * valid).sum() / valid.sum().clamp(min=1)
