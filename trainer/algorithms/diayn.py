@@ -1,0 +1,117 @@
+"""DIAYN as streamed (DOMAIN.md §4): skills that a discriminator can tell apart from the policy's log-probs.
+
+Each env acts under a skill `z` in `0..K-1` (`Skills`), drawn per segment (a buffer row; the
+default, as streamed) or per episode; `one_hot(z)` joins the policy's input. A small
+discriminator (`DIAYN`) reads a segment's policy log-probs, every `every`-th step, either only
+the log-prob of the action taken (the default: given the whole distribution the task was
+trivial) or the full `log_softmax`, and predicts the segment's `z`. It never sees the hidden
+state, through which the policy could pass `z` along unshaped.
+
+- `mode: loss`: the cross-entropy joins the PPO loss as `coef * loss`, with gradients flowing
+  back through the log-probs into the policy (`stop_grad` cuts them: the control, which must
+  stay at chance, `ln K`).
+- `mode: reward`: the discriminator learns on its own, and each segment earns the classic
+  `coef * (log q(z | segment) - log p(z))`, spread evenly over its steps.
+
+A segment's label is the skill of its first step; with per-episode skills, the steps of a
+segment that belong to a later skill are masked out of the discriminator's input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Skills:
+    """The current skill of every env and when it changes; part of the checkpoint (z and the draws)."""
+
+    def __init__(self, num_envs: int, archive: int, per: str = "segment", seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        if archive < 1:
+            raise ValueError(f"diayn_archive must be >= 1, got {archive}")
+        if per not in ("segment", "episode"):
+            raise ValueError(f"diayn skills are drawn per 'segment' or per 'episode', not {per!r}")
+        self.num_envs, self.archive, self.per, self.device = num_envs, archive, per, torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.z = self._draw(num_envs)
+
+    def _draw(self, n: int) -> Tensor:
+        return torch.randint(self.archive, (n,), generator=self.generator).to(self.device)
+
+    def start_segment(self) -> None:
+        """A new buffer row begins for every env: per-segment skills are redrawn."""
+        if self.per == "segment":
+            self.z = self._draw(self.num_envs)
+
+    def end_episodes(self, done: Tensor) -> None:
+        """Episodes ended in the envs `done` ([num_envs] bool): per-episode skills are redrawn there."""
+        if self.per == "episode" and bool(done.any()):
+            z = self.z.clone()
+            z[done] = self._draw(int(done.sum()))
+            self.z = z
+
+    def inputs(self) -> Tensor:
+        """`one_hot(z)` [num_envs, K] float, the policy's extra input."""
+        return nn.functional.one_hot(self.z, self.archive).float()
+
+    def state_dict(self) -> dict:
+        return {"z": self.z.cpu(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.z = state["z"].to(self.device)
+        self.generator.set_state(state["generator"])
+
+
+class DIAYN(nn.Module):
+    """The discriminator q(z | segment log-probs) and its loss, accuracy and reward."""
+
+    def __init__(self, archive: int, horizon: int, *, n_actions: int = 1, every: int = 1, features: str = "taken",
+                 mode: str = "loss", stop_grad: bool = False, hidden: int = 64) -> None:
+        super().__init__()
+        if features not in ("taken", "full"):
+            raise ValueError(f"diayn_features is 'taken' or 'full', not {features!r}")
+        if mode not in ("loss", "reward"):
+            raise ValueError(f"diayn_mode is 'loss' or 'reward', not {mode!r}")
+        if every < 1:
+            raise ValueError(f"diayn_every must be >= 1, got {every}")
+        self.archive, self.every, self.features, self.mode = archive, every, features, mode
+        self.stop_grad = stop_grad or mode == "reward"
+        width = 1 if features == "taken" else n_actions
+        steps = len(range(0, horizon, every))
+        self.net = nn.Sequential(nn.Linear(steps * width, hidden), nn.GELU(), nn.Linear(hidden, archive))
+
+    def inputs(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, Tensor]:
+        """The discriminator's input [B, steps * width] and labels [B] from a batch of segments:
+        taken-action `logprobs` [B, T], policy `logits` [B, T, A] (for `full`), `skills` [B, T]."""
+        labels = skills[:, 0]
+        keep = (skills == labels[:, None]).unsqueeze(-1)
+        seen = logprobs.unsqueeze(-1) if self.features == "taken" else torch.log_softmax(logits.float(), dim=-1)
+        if self.stop_grad:
+            seen = seen.detach()
+        seen = (seen * keep)[:, :: self.every]
+        return seen.flatten(1).float(), labels
+
+    def loss(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy of predicting each segment's skill, and its stats (loss, accuracy, chance 1/K).
+        With one skill there is nothing to tell apart: the loss is 0 and accuracy is chance, 1."""
+        chance = 1.0 / self.archive
+        if self.archive == 1:
+            return logprobs.new_zeros(()), {"diayn_loss": 0.0, "diayn_accuracy": 1.0, "diayn_chance": chance}
+        x, labels = self.inputs(logprobs, logits, skills)
+        scores = self.net(x)
+        loss = nn.functional.cross_entropy(scores, labels)
+        accuracy = (scores.argmax(-1) == labels).float().mean()
+        return loss, {"diayn_loss": loss.item(), "diayn_accuracy": accuracy.item(), "diayn_chance": chance}
+
+    @torch.no_grad()
+    def rewards(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> Tensor:
+        """Per-step reward [B, T]: each segment's `log q(z | segment) - log p(z)`, spread over its T steps."""
+        if self.archive == 1:
+            return torch.zeros_like(logprobs)
+        x, labels = self.inputs(logprobs, logits, skills)
+        log_q = torch.log_softmax(self.net(x), dim=-1).gather(1, labels[:, None]).squeeze(1)
+        bonus = log_q + math.log(self.archive)
+        return (bonus / logprobs.shape[1])[:, None].expand_as(logprobs)
