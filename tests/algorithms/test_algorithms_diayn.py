@@ -50,8 +50,8 @@ def test_full_distribution_features_are_an_easier_task():
 def test_one_skill_is_handled():
     diayn = DIAYN(1, T)
     loss, stats = diayn.loss(torch.randn(4, T), None, torch.zeros(4, T, dtype=torch.long))
-    assert loss.item() == 0.0 and stats == {"diayn_loss": 0.0, "diayn_accuracy": 1.0, "diayn_chance": 1.0}
-    assert torch.all(diayn.rewards(torch.randn(4, T), None, torch.zeros(4, T, dtype=torch.long)) == 0)
+    assert loss.item() == 0.0 and {k: float(v) for k, v in stats.items()} == {"diayn_loss": 0.0, "diayn_accuracy": 1.0, "diayn_chance": 1.0}
+    assert torch.all(diayn.bonus(torch.randn(4, T), None, torch.zeros(4, T, dtype=torch.long)) == 0)
     assert Skills(3, 1).inputs().tolist() == [[1.0]] * 3
 
 
@@ -64,14 +64,13 @@ def test_every_nth_step_and_later_skills_are_masked():
     assert x.tolist() == [[0.0, 2.0, 4.0], [6.0, 8.0, 0.0]]  # steps 0, 2, 4; row 2's step 4 has skill 3
 
 
-def test_reward_is_log_q_minus_log_p_spread_over_the_segment():
+def test_bonus_is_log_q_minus_log_p():
     torch.manual_seed(1)
     diayn = DIAYN(K, T, mode="reward")
     logprobs, skills = torch.randn(3, T), torch.randint(K, (3, 1)).expand(3, T)
     x, labels = diayn.inputs(logprobs, None, skills)
     log_q = torch.log_softmax(diayn.net(x), -1)[torch.arange(3), labels]
-    rewards = diayn.rewards(logprobs, None, skills)
-    torch.testing.assert_close(rewards.sum(1), log_q.detach() + math.log(K))
+    torch.testing.assert_close(diayn.bonus(logprobs, None, skills), log_q.detach() + math.log(K))
     assert diayn.stop_grad  # the reward form never shapes the policy through the loss
 
 

@@ -10,8 +10,9 @@ state, through which the policy could pass `z` along unshaped.
 - `mode: loss`: the cross-entropy joins the PPO loss as `coef * loss`, with gradients flowing
   back through the log-probs into the policy (`stop_grad` cuts them: the control, which must
   stay at chance, `ln K`).
-- `mode: reward`: the discriminator learns on its own, and each segment earns the classic
-  `coef * (log q(z | segment) - log p(z))`, spread evenly over its steps.
+- `mode: reward`: the discriminator learns on its own (no gradient into the policy), and each
+  step earns the classic `coef * (log q(z | segment so far) - log p(z)) / horizon`, the
+  discriminator's belief in the true skill from the segment's steps up to that one.
 
 A segment's label is the skill of its first step; with per-episode skills, the steps of a
 segment that belong to a later skill are masked out of the discriminator's input.
@@ -94,24 +95,26 @@ class DIAYN(nn.Module):
         seen = (seen * keep)[:, :: self.every]
         return seen.flatten(1).float(), labels
 
-    def loss(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """Cross-entropy of predicting each segment's skill, and its stats (loss, accuracy, chance 1/K).
-        With one skill there is nothing to tell apart: the loss is 0 and accuracy is chance, 1."""
-        chance = 1.0 / self.archive
+    def loss(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy of predicting each segment's skill, and its stats (loss, accuracy, chance 1/K)
+        as detached tensors. With one skill there is nothing to tell apart: the loss is 0 and
+        accuracy is chance, 1."""
+        chance = logprobs.new_tensor(1.0 / self.archive)
         if self.archive == 1:
-            return logprobs.new_zeros(()), {"diayn_loss": 0.0, "diayn_accuracy": 1.0, "diayn_chance": chance}
+            zero = logprobs.new_zeros(())
+            return zero, {"diayn_loss": zero, "diayn_accuracy": chance, "diayn_chance": chance}
         x, labels = self.inputs(logprobs, logits, skills)
         scores = self.net(x)
         loss = nn.functional.cross_entropy(scores, labels)
         accuracy = (scores.argmax(-1) == labels).float().mean()
-        return loss, {"diayn_loss": loss.item(), "diayn_accuracy": accuracy.item(), "diayn_chance": chance}
+        return loss, {"diayn_loss": loss.detach(), "diayn_accuracy": accuracy, "diayn_chance": chance}
 
     @torch.no_grad()
-    def rewards(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> Tensor:
-        """Per-step reward [B, T]: each segment's `log q(z | segment) - log p(z)`, spread over its T steps."""
+    def bonus(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> Tensor:
+        """The classic reward `log q(z | segment) - log p(z)` [B] of each segment (steps not yet
+        taken may be given as zeros with any skill: only steps with the first step's skill count)."""
         if self.archive == 1:
-            return torch.zeros_like(logprobs)
+            return logprobs.new_zeros(logprobs.shape[0])
         x, labels = self.inputs(logprobs, logits, skills)
         log_q = torch.log_softmax(self.net(x), dim=-1).gather(1, labels[:, None]).squeeze(1)
-        bonus = log_q + math.log(self.archive)
-        return (bonus / logprobs.shape[1])[:, None].expand_as(logprobs)
+        return log_q + math.log(self.archive)
