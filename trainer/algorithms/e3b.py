@@ -72,12 +72,10 @@ class E3B:
             self.c_inv[first] = self.eye
         u = torch.bmm(self.c_inv, phi.unsqueeze(-1)).squeeze(-1)
         raw = (phi * u).sum(-1)
-        if self.decay is None:
-            self.c_inv -= u.unsqueeze(-1) * u.unsqueeze(-2) / (1.0 + raw).view(-1, 1, 1)
-        else:  # (decay C + phi phi^T)^-1 by Sherman-Morrison on (decay C)^-1 = C_inv / decay
-            self.c_inv /= self.decay
-            u /= self.decay
-            self.c_inv -= u.unsqueeze(-1) * u.unsqueeze(-2) / (1.0 + raw / self.decay).view(-1, 1, 1)
+        # one in-place pass over [num_envs, H, H]: C_inv <- C_inv / d - u u^T / (d (d + b)), d = decay or 1,
+        # which is Sherman-Morrison for (d C + phi phi^T)^-1 given (d C)^-1 = C_inv / d
+        d = 1.0 if self.decay is None else self.decay
+        self.c_inv.baddbmm_(u.unsqueeze(-1), (u / (d * (d + raw))[:, None]).unsqueeze(-2), beta=1.0 / d, alpha=-1.0)
         bonus = raw * ~first
         self.last_raw = bonus
         if not self.norm:
