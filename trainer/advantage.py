@@ -120,10 +120,25 @@ def _reference(estimator: str, values: Tensor, rewards: Tensor, dones: Tensor, i
     if estimator != "vtrace":
         return scanned, None
     vs = values + scanned
-    next_vs = vs[:, 1:] if bootstrap is None else torch.cat([vs[:, 1:], bootstrap.values[:, None]], dim=1)
+    return vs, vtrace_pg(vs, values, rewards, dones, importance, gamma=gamma, rho_clip=rho_clip, bootstrap=bootstrap)
+
+
+def vtrace_pg(vs: Tensor, values: Tensor, rewards: Tensor, dones: Tensor, importance: Tensor | None, *,
+              gamma: float, rho_clip: float, bootstrap: Bootstrap | None = None) -> Tensor:
+    """V-trace policy advantages from the targets `vs`:
+    pg[t] = min(w[t], rho_clip) * (rewards[t+1] + gamma * nd[t] * vs[t+1] - values[t]).
+    TorchBeast's separate policy-gradient rho clip is this with its own `rho_clip`."""
+    if bootstrap is None:
+        next_rewards, next_dones, next_vs = rewards[:, 1:], dones[:, 1:], vs[:, 1:]
+    else:
+        next_rewards = torch.cat([rewards[:, 1:], bootstrap.rewards[:, None]], dim=1)
+        next_dones = torch.cat([dones[:, 1:], bootstrap.dones[:, None]], dim=1)
+        next_vs = torch.cat([vs[:, 1:], bootstrap.values[:, None]], dim=1)
+    cols = next_rewards.shape[1]
+    w = torch.ones_like(next_rewards) if importance is None else importance[:, :cols]
     pg = torch.zeros_like(values)
-    pg[:, :cols] = rho * (next_rewards + gamma * nd * next_vs - current)
-    return vs, pg
+    pg[:, :cols] = w.clamp(max=rho_clip) * (next_rewards + gamma * (1.0 - next_dones) * next_vs - values[:, :cols])
+    return pg
 
 
 def _boot_args(bootstrap: Bootstrap | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -179,10 +194,12 @@ def vtrace(values: Tensor, rewards: Tensor, dones: Tensor, importance: Tensor | 
 
 def compute(values: Tensor, rewards: Tensor, dones: Tensor, importance: Tensor | None = None, *,
             estimator: str = "puff", gamma: float, gae_lambda: float, rho_clip: float = 1.0, c_clip: float = 1.0,
-            bootstrap: Bootstrap | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
+            pg_rho_clip: float | None = None, bootstrap: Bootstrap | None = None,
+            backend: str = "auto") -> tuple[Tensor, Tensor]:
     """(advantages, returns): the policy advantages and value targets of `estimator`.
 
-    gae and puff: returns = advantages + values. vtrace: advantages = pg, returns = vs.
+    gae and puff: returns = advantages + values. vtrace: advantages = pg, returns = vs, and
+    `pg_rho_clip` (None: `rho_clip`) clips the ratio in pg only.
     """
     if estimator == "gae":
         advantages = gae(values, rewards, dones, gamma=gamma, gae_lambda=gae_lambda, bootstrap=bootstrap,
@@ -193,6 +210,9 @@ def compute(values: Tensor, rewards: Tensor, dones: Tensor, importance: Tensor |
     elif estimator == "vtrace":
         vs, pg = vtrace(values, rewards, dones, importance, gamma=gamma, rho_clip=rho_clip, c_clip=c_clip,
                         bootstrap=bootstrap, backend=backend)
+        if pg_rho_clip is not None and pg_rho_clip != rho_clip:
+            pg = vtrace_pg(vs, values, rewards, dones, importance, gamma=gamma, rho_clip=pg_rho_clip,
+                           bootstrap=bootstrap)
         return pg, vs
     else:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")

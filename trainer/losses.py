@@ -13,10 +13,24 @@ def policy_loss(advantages: Tensor, ratio: Tensor, clip_coef: float) -> Tensor:
     return torch.max(unclipped, clipped).mean()
 
 
-def value_loss(new_values: Tensor, old_values: Tensor, returns: Tensor, vf_clip_coef: float) -> Tensor:
-    """Clipped value loss: 0.5 * mean(max((v - R)^2, (v_c - R)^2)), v_c = v_old + clip(v - v_old)."""
+def value_errors(new_values: Tensor, old_values: Tensor, returns: Tensor, vf_clip_coef: float | None) -> Tensor:
+    """Per-step squared errors: max((v - R)^2, (v_c - R)^2), v_c = v_old + clip(v - v_old);
+    plain (v - R)^2 when `vf_clip_coef` is None (value clipping off)."""
+    if vf_clip_coef is None:
+        return (new_values - returns) ** 2
     clipped = old_values + torch.clamp(new_values - old_values, -vf_clip_coef, vf_clip_coef)
-    return 0.5 * torch.max((new_values - returns) ** 2, (clipped - returns) ** 2).mean()
+    return torch.max((new_values - returns) ** 2, (clipped - returns) ** 2)
+
+
+def value_loss(errors: Tensor) -> Tensor:
+    """0.5 * mean of `value_errors`."""
+    return 0.5 * errors.mean()
+
+
+def summary(tensor: Tensor, prefix: str) -> dict[str, Tensor]:
+    """mean, std and max |x| of `tensor`, named `<prefix>_mean`, `_std`, `_max_abs`."""
+    return {f"{prefix}_mean": tensor.mean(), f"{prefix}_std": tensor.std(),
+            f"{prefix}_max_abs": tensor.abs().max()}
 
 
 def kl_stats(logratio: Tensor, ratio: Tensor, clip_coef: float) -> dict[str, Tensor]:

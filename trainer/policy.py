@@ -149,14 +149,24 @@ class Policy(nn.Module):
         size = self.lstm.hidden_size
         return torch.zeros(n, size, device=device), torch.zeros(n, size, device=device)
 
-    def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
-        """One step for N envs: obs [N, obs_size] -> (head params, values [N], new state)."""
+    def encode_step(self, obs: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step for N envs: obs [N, obs_size] -> (hidden [N, out], new state): the embedding
+        both heads read (the LSTM output when recurrent)."""
         hidden = self.encoder(obs)
         if self.lstm is not None:
             h, c = state
             out, (h, c) = self.lstm(hidden.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
             hidden, state = out.squeeze(1), (h.squeeze(0).float(), c.squeeze(0).float())
-        return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float(), state
+        return hidden, state
+
+    def heads(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """(head params, values) of an embedding, float32."""
+        return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float()
+
+    def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+        """One step for N envs: obs [N, obs_size] -> (head params, values [N], new state)."""
+        hidden, state = self.encode_step(obs, state)
+        return *self.heads(hidden), state
 
     def sequence(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor]:
         """A segment for B rows: obs [B, T, obs_size] -> (head params [B, T, ...], values [B, T])."""

@@ -2,8 +2,10 @@
 
 `Trainer.evaluate` fills the segment buffer (one row = `horizon` consecutive steps of one
 agent); `Trainer.train` runs the minibatch updates, writing each minibatch's fresh importance
-ratios back so later minibatches' advantages use them. trainer/run.py drives them epoch by
-epoch with events, checkpoints, signals and failure handling.
+ratios back so later minibatches' advantages use them. An algorithm (trainer/algorithms/)
+plugs in at fixed seams: extra policy inputs and reward shaping while collecting, an extra loss
+term per minibatch, rows kept for the next phase, its own metrics and checkpointed state.
+trainer/run.py drives them epoch by epoch with events, checkpoints, signals and failure handling.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-from trainer import advantage, losses, sampler
+from trainer import advantage, algorithms, losses, sampler
+from trainer.algorithms import Minibatch, Outputs
 from trainer.experience import Experience
 from trainer.optim import learning_rate, make_optimizer
 from trainer.policy import Policy
@@ -33,6 +37,10 @@ class Diverged(RuntimeError):
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac",
              "importance", "explained_variance")
 CHECKED_LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl")
+#: Per-epoch diagnostics of every profile: the pre-clip gradient norm (mean over minibatches) and
+#: the statistics of the last advantages and value targets the phase computed.
+DIAGNOSTIC_KEYS = ("grad_norm", "advantage_mean", "advantage_std", "advantage_max_abs",
+                   "return_mean", "return_std", "return_max_abs")
 
 
 def select_device(requested: str) -> torch.device:
@@ -78,18 +86,24 @@ class Trainer:
         self.gamma = train_cfg["gamma"]
         self.bfloat16 = train_cfg["precision"] == "bfloat16"
 
-        self.policy = Policy(self.envs.obs_size, self.envs.single_action_space,
+        self.algorithm = algorithms.build(config, num_envs=self.num_envs, segments=self.segments,
+                                          device=self.device)
+        obs_size = self.envs.obs_size + self.algorithm.extra_obs_size
+        self.policy = Policy(obs_size, self.envs.single_action_space,
                              policy_cfg["hidden_size"], policy_cfg["num_layers"],
                              policy_cfg["activation"], policy_cfg["lstm"],
                              policy_cfg["lstm_hidden_size"]).to(self.device)
-        self.optimizer = make_optimizer(self.policy, train_cfg)
         self.action_space = self.envs.single_action_space
         action_shape, action_dtype = self._action_layout()
         self.box_actions = action_dtype == torch.float32
         self.experience = Experience(
-            self.segments, self.horizon, self.envs.obs_size, action_shape, action_dtype,
-            policy_cfg["lstm_hidden_size"] if policy_cfg["lstm"] else None, self.device)
+            self.segments, self.horizon, obs_size, action_shape, action_dtype,
+            policy_cfg["lstm_hidden_size"] if policy_cfg["lstm"] else None, self.device,
+            retained_rows=self.algorithm.retained_rows)
         self.profiler = profiler or Profiler()
+        self.algorithm.attach(self)
+        self.learner = nn.ModuleList([self.policy, *self.algorithm.modules()])
+        self.optimizer = make_optimizer(self.learner, train_cfg)
 
         self.epoch = 0
         self.agent_steps = 0
@@ -97,6 +111,7 @@ class Trainer:
         self.next_rewards = torch.zeros(self.num_envs, device=self.device)
         self.next_terminations = torch.zeros(self.num_envs, device=self.device)
         self.next_truncations = torch.zeros(self.num_envs, device=self.device)
+        self.next_first = torch.zeros(self.num_envs, device=self.device)  # terminations | truncations
         self.state = self.policy.initial_state(self.num_envs, self.device)
         self.envs_unsaved: str | None = None  # why the last checkpoint could not hold the envs
 
@@ -132,7 +147,7 @@ class Trainer:
     def evaluate(self) -> list[dict]:
         """Collect one batch: every agent fills `rows_per_env` rows of `horizon` steps.
         Returns the episode infos that finished."""
-        profile, experience, policy = self.profiler, self.experience, self.policy
+        profile, experience, policy, algorithm = self.profiler, self.experience, self.policy, self.algorithm
         episodes: list[dict] = []
         with profile.evaluate, self.precision():
             for row_block in range(self.rows_per_env):
@@ -142,9 +157,12 @@ class Trainer:
                 for t in range(self.horizon):
                     with profile.evaluate_copy:
                         obs = torch.from_numpy(self.next_obs).to(self.device, non_blocking=True)
+                        obs = algorithm.policy_inputs(obs, rows, self.next_first)
                     with profile.evaluate_forward:
-                        logits, values, self.state = policy.step(obs, self.state)
+                        hidden, self.state = policy.encode_step(obs, self.state)
+                        logits, values = policy.heads(hidden)
                         actions, logprobs = policy.actor.sample(logits)
+                    self.next_rewards = algorithm.shape_rewards(self.next_rewards, self.next_first, hidden, rows)
                     with profile.evaluate_copy:
                         experience.obs[rows, t] = obs
                         experience.actions[rows, t] = actions
@@ -158,26 +176,28 @@ class Trainer:
                         env_actions = self._env_actions(actions)
                     with profile.evaluate_env:
                         result = self.envs.step(env_actions)
-                    self._receive(result)
+                    self._receive(result, rows)
                     episodes.extend(result.episodes)
             with profile.evaluate_forward:
-                _, values, _ = policy.step(torch.from_numpy(self.next_obs).to(self.device), self.state)
+                obs = algorithm.policy_inputs(torch.from_numpy(self.next_obs).to(self.device), rows, None)
+                _, values, _ = policy.step(obs, self.state)
             self._store_bootstrap(rows, values)
         if not (torch.isfinite(experience.logprobs).all() and torch.isfinite(experience.values).all()):
             raise Diverged(f"non-finite policy outputs while collecting epoch {self.epoch + 1}")
         self.agent_steps += self.batch_size
         return episodes
 
-    def _receive(self, result) -> None:
+    def _receive(self, result, rows: slice) -> None:
         """Take a step's rewards and dones: clamp rewards, and on a truncation add
         gamma * V(final_obs) so the cut episode is bootstrapped (terminations are not)."""
         rewards = torch.from_numpy(result.rewards).to(self.device, copy=True)
         if self.reward_clip is not None:
             rewards.clamp_(-self.reward_clip, self.reward_clip)
         if result.truncations.any():
-            rows = np.flatnonzero(result.truncations)
-            truncated = torch.from_numpy(rows).to(self.device)
-            final_obs = torch.from_numpy(result.final_obs[rows]).to(self.device)
+            cut_envs = np.flatnonzero(result.truncations)
+            truncated = torch.from_numpy(cut_envs).to(self.device)
+            final_obs = torch.from_numpy(result.final_obs[cut_envs]).to(self.device)
+            final_obs = self.algorithm.policy_inputs(final_obs, truncated + rows.start, None)
             state = None if self.state is None else (self.state[0][truncated], self.state[1][truncated])
             _, final_values, _ = self.policy.step(final_obs, state)
             rewards[truncated] += self.gamma * final_values
@@ -185,79 +205,92 @@ class Trainer:
         self.next_rewards = rewards
         self.next_terminations = torch.from_numpy(result.terminations).to(self.device, torch.float32)
         self.next_truncations = torch.from_numpy(result.truncations).to(self.device, torch.float32)
+        self.next_first = torch.maximum(self.next_terminations, self.next_truncations)
 
     def _store_bootstrap(self, rows: slice, values: torch.Tensor) -> None:
         """The step after `rows`' last column: its reward and done, and the value of its obs."""
         experience = self.experience
         experience.next_rewards[rows] = self.next_rewards
         experience.next_values[rows] = values
-        experience.next_dones[rows] = torch.maximum(self.next_terminations, self.next_truncations)
+        experience.next_dones[rows] = self.next_first
+
+    def estimate(self, values: Tensor, importance: Tensor) -> tuple[Tensor, Tensor]:
+        """(advantages, returns) of the active rows under `values` and importance ratios `importance`."""
+        cfg, experience = self.train_cfg, self.experience
+        return advantage.compute(
+            values, experience.rewards[:experience.rows], experience.dones, importance,
+            estimator=cfg["advantage"], gamma=cfg["gamma"], gae_lambda=cfg["gae_lambda"],
+            rho_clip=cfg["vtrace_rho_clip"], c_clip=cfg["vtrace_c_clip"], pg_rho_clip=cfg["vtrace_pg_rho_clip"],
+            bootstrap=experience.bootstrap())
 
     def train(self) -> dict[str, float]:
-        """One training phase over the batch just collected; returns the mean losses."""
+        """One training phase over the batch just collected (and any rows kept from earlier
+        phases); returns the mean losses, the diagnostics and the algorithm's metrics."""
         cfg, profile, experience, policy = self.train_cfg, self.profiler, self.experience, self.policy
         self.optimizer.set_lr(learning_rate(cfg, self.epoch, self.total_epochs))
         beta = sampler.beta_at(self.epoch / max(self.total_epochs - 1, 1), cfg["prio_beta0"])
         minibatch_rows = cfg["minibatch_size"] // self.horizon
-        num_minibatches = cfg["update_epochs"] * self.batch_size // cfg["minibatch_size"]
-        values, rewards, dones = experience.values, experience.rewards, experience.dones
-        bootstrap = experience.bootstrap()
-        importance = torch.ones_like(values)
-        totals = {key: torch.zeros((), device=self.device) for key in LOSS_KEYS[:-1]}
+        num_minibatches = cfg["update_epochs"] * experience.rows // minibatch_rows
+        values = experience.values[:experience.rows]
+        importance = experience.start_phase()
+        totals = {key: torch.zeros((), device=self.device) for key in (*LOSS_KEYS[:-1], "grad_norm")}
         with profile.train:
             for _ in range(num_minibatches):
                 with profile.train_learn:
-                    advantages, returns = advantage.compute(
-                        values, rewards, dones, importance, estimator=cfg["advantage"],
-                        gamma=cfg["gamma"], gae_lambda=cfg["gae_lambda"],
-                        rho_clip=cfg["vtrace_rho_clip"], c_clip=cfg["vtrace_c_clip"],
-                        bootstrap=bootstrap)
+                    advantages, returns = self.estimate(values, importance)
                     idx, weights = sampler.sample(advantages, minibatch_rows, cfg["prio_alpha"], beta)
                 with profile.train_copy:
-                    obs = experience.obs[idx]
-                    actions = experience.actions[idx]
-                    old_logprobs = experience.logprobs[idx]
-                    old_values = values[idx]
-                    mb_advantages = advantages[idx]
-                    mb_returns = returns[idx]
-                    state = None
-                    if policy.recurrent:
-                        state = (experience.lstm_h[idx], experience.lstm_c[idx])
+                    batch = Minibatch(
+                        rows=idx, obs=experience.obs[idx], actions=experience.actions[idx],
+                        logprobs=experience.logprobs[idx], values=values[idx], advantages=advantages[idx],
+                        returns=returns[idx], weights=weights, ages=experience.ages[idx],
+                        state=(experience.lstm_h[idx], experience.lstm_c[idx]) if policy.recurrent else None)
                 with profile.train_forward:
                     with self.precision():
-                        logits, new_values = policy.sequence(obs, state)
-                    new_logprobs, entropy = policy.actor.evaluate(logits, actions)
+                        logits, new_values = policy.sequence(batch.obs, batch.state)
+                    new_logprobs, entropy = policy.actor.evaluate(logits, batch.actions)
                 with profile.train_learn:
-                    logratio = new_logprobs - old_logprobs
+                    logratio = new_logprobs - batch.logprobs
                     ratio = logratio.exp()
                     importance[idx] = ratio.detach()
+                    mb_advantages = batch.advantages
                     if cfg["norm_adv"]:
                         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
                     mb_advantages = mb_advantages * weights[:, None]
 
                     pg_loss = losses.policy_loss(mb_advantages, ratio, cfg["clip_coef"])
-                    v_loss = losses.value_loss(new_values, old_values, mb_returns, cfg["vf_clip_coef"])
+                    value_errors = losses.value_errors(new_values, batch.values, batch.returns, cfg["vf_clip_coef"])
+                    v_loss = losses.value_loss(value_errors)
                     entropy_loss = entropy.mean()
                     loss = pg_loss + cfg["vf_coef"] * v_loss - cfg["ent_coef"] * entropy_loss
+                    extra = self.algorithm.loss(batch, Outputs(logits, new_values, new_logprobs, entropy, ratio,
+                                                               value_errors, pg_loss, v_loss))
+                    if extra is not None:
+                        loss = loss + extra
 
                     self.optimizer.zero_grad()
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg["max_grad_norm"])
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.learner.parameters(), cfg["max_grad_norm"])
                     self.optimizer.step()
 
                     with torch.no_grad():
                         stats = losses.kl_stats(logratio, ratio, cfg["clip_coef"])
-                        stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss)
+                        stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, grad_norm=grad_norm)
                         for key, value in stats.items():
                             totals[key] += value.detach()
         self.epoch += 1
         mean = {key: float(value) / num_minibatches for key, value in totals.items()}
         mean["explained_variance"] = losses.explained_variance(values.flatten(), returns.flatten())
+        with torch.no_grad():
+            spread = {**losses.summary(advantages, "advantage"), **losses.summary(returns, "return")}
+        mean.update(zip(spread, torch.stack(list(spread.values())).tolist()))
         bad = [f"{key}={mean[key]}" for key in CHECKED_LOSSES if not math.isfinite(mean[key])]
-        if not bad and not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
+        if not bad and not all(bool(torch.isfinite(p).all()) for p in self.learner.parameters()):
             bad = ["weights"]
         if bad:
             raise Diverged(f"non-finite {', '.join(bad)} in epoch {self.epoch}")
+        self.algorithm.end_phase()
+        mean.update(self.algorithm.metrics())
         return mean
 
     def state_dict(self) -> dict[str, Any]:
@@ -280,6 +313,7 @@ class Trainer:
             "next_terminations": self.next_terminations.cpu(),
             "next_truncations": self.next_truncations.cpu(),
             "lstm_state": None if self.state is None else tuple(s.cpu() for s in self.state),
+            "algorithm": self.algorithm.state_dict(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -294,6 +328,7 @@ class Trainer:
         self.epoch, self.agent_steps = state["epoch"], state["agent_steps"]
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.algorithm.load_state_dict(state.get("algorithm", {}))
         exact = state["envs"] is not None
         if exact:
             self.envs.close()
@@ -302,6 +337,7 @@ class Trainer:
             self.next_rewards = state["next_rewards"].to(self.device)
             self.next_terminations = state["next_terminations"].to(self.device)
             self.next_truncations = state["next_truncations"].to(self.device)
+            self.next_first = torch.maximum(self.next_terminations, self.next_truncations)
             if state["lstm_state"] is not None:
                 self.state = tuple(s.to(self.device) for s in state["lstm_state"])
         rng = state["rng"]

@@ -24,7 +24,13 @@ def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
     returns = torch.tensor([2.0, 1.0])
     # row 0: v=1, v_c = 0 + clip(1, -0.2, 0.2) = 0.2: max((1-2)^2, (0.2-2)^2) = 3.24
     # row 1: v=0, v_c = 0: max(1, 1) = 1
-    assert losses.value_loss(new, old, returns, 0.2).item() == pytest.approx(0.5 * (3.24 + 1) / 2)
+    errors = losses.value_errors(new, old, returns, 0.2)
+    assert losses.value_loss(errors).item() == pytest.approx(0.5 * (3.24 + 1) / 2)
+
+
+def test_value_clipping_off_is_the_plain_squared_error():
+    new, old, returns = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([2.0, 1.0])
+    assert losses.value_errors(new, old, returns, None).tolist() == [1.0, 1.0]
 
 
 def test_kl_stats():
