@@ -21,9 +21,15 @@ segment that belong to a later skill are masked out of the discriminator's input
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+from trainer.algorithms.base import Algorithm, Means, Minibatch, Outputs
+
+if TYPE_CHECKING:
+    from trainer.train import Trainer
 
 
 class Skills:
@@ -118,3 +124,93 @@ class DIAYN(nn.Module):
         x, labels = self.inputs(logprobs, logits, skills)
         log_q = torch.log_softmax(self.net(x), dim=-1).gather(1, labels[:, None]).squeeze(1)
         return log_q + math.log(self.archive)
+
+
+class DiaynSkills(Algorithm):
+    """DIAYN in the loop: `one_hot(z)` appended to the policy's input, the discriminator's loss
+    (or reward) from each minibatch's log-probs, the skills in the checkpoint.
+
+    Keys (train section): `diayn_coef` (> 0 enables it), `diayn_archive` (K), `diayn_skills`
+    (segment | episode), `diayn_every`, `diayn_features` (taken | full), `diayn_mode`
+    (loss | reward), `diayn_stop_grad` (the control). Metrics: diayn_loss, diayn_accuracy,
+    diayn_chance (1/K).
+    """
+
+    @classmethod
+    def enabled(cls, config: dict) -> bool:
+        return config["train"]["diayn_coef"] > 0
+
+    def __init__(self, config: dict, *, num_envs: int, segments: int, device: torch.device) -> None:
+        train = config["train"]
+        self.archive = train["diayn_archive"]
+        self.extra_obs_size = self.archive
+        self.coef, self.mode, self.horizon, self.num_envs = train["diayn_coef"], train["diayn_mode"], train["bptt_horizon"], num_envs
+        self.settings = {"every": train["diayn_every"], "features": train["diayn_features"], "mode": self.mode,
+                         "stop_grad": train["diayn_stop_grad"]}
+        self.skills = Skills(num_envs, self.archive, train["diayn_skills"], seed=train["seed"], device=device)
+        self.discriminator: DIAYN | None = None
+        self.offset = 0
+        self.t = 0
+        self.stats = Means()
+        self.trainer: Trainer | None = None
+
+    def attach(self, trainer: Trainer) -> None:
+        from gymnasium import spaces
+
+        self.trainer = trainer
+        self.offset = trainer.envs.obs_size  # one_hot(z) is the first extra input (see the registry's order)
+        space = trainer.envs.single_action_space
+        if self.settings["features"] == "full" and not isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+            raise ValueError("diayn_features: full needs a Discrete or MultiDiscrete action space")
+        n_actions = int(space.n) if isinstance(space, spaces.Discrete) else int(sum(getattr(space, "nvec", [1])))
+        self.discriminator = DIAYN(self.archive, self.horizon, n_actions=n_actions, **self.settings).to(trainer.device)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.discriminator]
+
+    def policy_inputs(self, obs: Tensor, rows: Any, first: Tensor | None) -> Tensor:
+        if first is not None:  # one collected step: a new segment every `horizon` steps, episodes may start
+            if self.t == 0:
+                self.skills.start_segment()
+            self.skills.end_episodes(first.bool())
+            self.t = (self.t + 1) % self.horizon
+            z = self.skills.z
+        else:  # an extra forward of some rows (row r belongs to env r % num_envs)
+            envs = torch.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+            z = self.skills.z[envs.to(self.skills.z.device) % self.num_envs]
+        return torch.cat([obs, nn.functional.one_hot(z, self.archive).to(obs.dtype)], dim=-1)
+
+    def segment_skills(self, obs: Tensor) -> Tensor:
+        """The skill of every stored step [rows, T], read back from its one_hot(z) input."""
+        return obs[..., self.offset:self.offset + self.archive].argmax(-1)
+
+    def shape_rewards(self, rewards: Tensor, first: Tensor, hidden: Tensor, rows: slice) -> Tensor:
+        t = (self.t - 1) % self.horizon  # the column being collected (policy_inputs already counted it)
+        if self.mode != "reward" or t == 0:  # at t == 0 the reward belongs to the previous segment's last action
+            return rewards
+        experience = self.trainer.experience
+        logprobs = torch.zeros(self.num_envs, self.horizon, device=rewards.device)
+        logprobs[:, :t] = experience.logprobs[rows, :t]
+        skills = self.skills.z[:, None].expand(-1, self.horizon).clone()
+        skills[:, :t] = self.segment_skills(experience.obs[rows, :t])
+        bonus = self.discriminator.bonus(logprobs, None, skills)
+        self.stats.add("diayn_reward", bonus.sum(), bonus.numel())
+        return rewards + self.coef * bonus / self.horizon
+
+    def loss(self, batch: Minibatch, out: Outputs) -> Tensor | None:
+        loss, stats = self.discriminator.loss(out.logprobs, out.logits, self.segment_skills(batch.obs))
+        for key, value in stats.items():
+            self.stats.add(key, value)
+        return self.coef * loss if self.mode == "loss" else loss
+
+    def metrics(self) -> dict[str, float]:
+        return self.stats.read()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skills": self.skills.state_dict(), "t": self.t, "discriminator": self.discriminator.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "skills" in state:
+            self.skills.load_state_dict(state["skills"])
+            self.t = state["t"]
+            self.discriminator.load_state_dict(state["discriminator"])

@@ -16,8 +16,16 @@ paper's), trained with its own loss.
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor, nn
+
+from trainer.algorithms.base import Algorithm, Means, Minibatch, Outputs
+
+if TYPE_CHECKING:
+    from trainer.train import Trainer
 
 
 class RunningStd:
@@ -109,3 +117,92 @@ class InverseDynamics(nn.Module):
         logits = self.head(torch.cat([self.encoder(obs), self.encoder(next_obs)], dim=-1))
         losses = nn.functional.cross_entropy(logits, actions.long(), reduction="none")
         return (losses * valid).sum() / valid.sum().clamp(min=1)
+
+
+class E3BBonus(Algorithm):
+    """E3B in the loop: each collected step's bonus joins the rewards the trainer stores.
+
+    Keys (train section): `e3b_coef` (> 0 enables it), `e3b_ridge`, `e3b_decay` (null = reset
+    per episode), `e3b_norm`, `e3b_embedding` (`hidden`: the policy's embedding, detached; or
+    `inverse_dynamics`, its own encoder of `e3b_dim` trained with `e3b_id_coef * loss`).
+    Metrics: intrinsic reward mean and max, its share of all reward, seconds spent per epoch.
+    """
+
+    @classmethod
+    def enabled(cls, config: dict) -> bool:
+        return config["train"]["e3b_coef"] > 0
+
+    def __init__(self, config: dict, *, num_envs: int, segments: int, device: torch.device) -> None:
+        train, policy = config["train"], config["policy"]
+        self.embedding = train["e3b_embedding"]
+        if self.embedding == "inverse_dynamics":
+            dim = train["e3b_dim"]
+        else:
+            dim = policy["lstm_hidden_size"] if policy["lstm"] else policy["hidden_size"]
+        self.bonus = E3B(num_envs, dim, ridge=train["e3b_ridge"], coef=train["e3b_coef"], decay=train["e3b_decay"],
+                         norm=train["e3b_norm"], device=device)
+        self.id_coef = train["e3b_id_coef"]
+        self.model: InverseDynamics | None = None
+        self.obs: Tensor | None = None
+        self.stats = Means()
+        self.seconds = 0.0
+        self.trainer: Trainer | None = None
+
+    def attach(self, trainer: Trainer) -> None:
+        from gymnasium import spaces
+
+        self.trainer = trainer
+        if self.embedding == "inverse_dynamics":
+            space = trainer.envs.single_action_space
+            if not isinstance(space, spaces.Discrete):
+                raise ValueError(f"e3b_embedding: inverse_dynamics needs a Discrete action space, not {space}")
+            self.model = InverseDynamics(trainer.envs.obs_size, int(space.n), self.bonus.dim).to(trainer.device)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model] if self.model is not None else []
+
+    def policy_inputs(self, obs: Tensor, rows: Any, first: Tensor | None) -> Tensor:
+        if first is not None:
+            self.obs = obs  # the env's observation of this step, for the inverse-dynamics encoder
+        return obs
+
+    def shape_rewards(self, rewards: Tensor, first: Tensor, hidden: Tensor, rows: slice) -> Tensor:
+        start = time.perf_counter()
+        phi = hidden if self.model is None else self.model(self.obs)
+        intrinsic = self.bonus.step(phi.float(), first.bool())
+        self.seconds += time.perf_counter() - start
+        self.stats.add("e3b_intrinsic_mean", intrinsic.sum(), intrinsic.numel())
+        self.stats.peak("e3b_intrinsic_max", intrinsic.max())
+        self.stats.add("e3b_share", intrinsic.sum(), intrinsic.sum() + rewards.abs().sum())
+        return rewards + intrinsic
+
+    def loss(self, batch: Minibatch, out: Outputs) -> Tensor | None:
+        if self.model is None:
+            return None
+        size = self.trainer.envs.obs_size
+        obs = batch.obs[..., :size]
+        experience = self.trainer.experience
+        ended = torch.maximum(experience.terminations[batch.rows], experience.truncations[batch.rows])
+        valid = 1.0 - ended[:, 1:]  # (obs t, action t) -> obs t+1 within one episode
+        loss = self.model.loss(obs[:, :-1].flatten(0, 1), obs[:, 1:].flatten(0, 1), batch.actions[:, :-1].flatten(),
+                               valid.flatten())
+        self.stats.add("e3b_id_loss", loss.detach())
+        return self.id_coef * loss
+
+    def metrics(self) -> dict[str, float]:
+        out = self.stats.read()
+        out["e3b_seconds"], self.seconds = self.seconds, 0.0
+        out["e3b_raw_std"] = self.bonus.stats.std
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"bonus": self.bonus.state_dict()}
+        if self.model is not None:
+            state["model"] = self.model.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "bonus" in state:
+            self.bonus.load_state_dict(state["bonus"])
+        if self.model is not None and "model" in state:
+            self.model.load_state_dict(state["model"])
