@@ -106,7 +106,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "diayn_features": Key("str", "taken", "DIAYN: the discriminator reads the taken action's log-prob or the "
                               "full log_softmax", choices=("taken", "full")),
         "diayn_mode": Key("str", "loss", "DIAYN: cross-entropy in the loss (gradients into the policy) or the "
-                          "reward log q(z|segment) - log p(z)", choices=("loss", "reward")),
+                          "reward log q(z given the segment) - log p(z)", choices=("loss", "reward")),
         "diayn_stop_grad": Key("bool", False, "DIAYN: cut the discriminator's gradient into the policy (the control "
                                "that must stay at chance)"),
         "prio_alpha": Key("float", 0.8, "prioritized segment sampling exponent (0 = uniform)", min=0),
