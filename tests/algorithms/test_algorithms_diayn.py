@@ -96,3 +96,12 @@ def test_skills_per_segment_or_episode_and_their_state_round_trips():
     assert torch.equal(restored.z, episode.z)  # the draws continue identically
     with pytest.raises(ValueError, match="segment"):
         Skills(2, K, "step")
+
+
+def test_config_rejects_the_reward_mode_over_full_distributions():
+    from trainer import config
+
+    with pytest.raises(config.ConfigError, match="diayn_features=full must be taken"):
+        config.resolve({"train": {"diayn_coef": 0.1, "diayn_mode": "reward", "diayn_features": "full"}})
+    with pytest.raises(config.ConfigError, match="diayn_skills"):
+        config.resolve({"train": {"diayn_skills": "step"}})
