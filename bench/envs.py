@@ -2,7 +2,7 @@
 
 Random actions (drawn before timing), no policy. Rows: gymnasium's CartPoleVectorEnv stepped
 directly (its next-step autoreset, no adapter), our adapter around it (same-step conversion,
-episode tracking), the built-in envs, and a sync-vectorized gymnasium env for scale.
+episode tracking), the built-in envs (puffer:snake's target: 1M agent steps/s on one core), and a sync-vectorized gymnasium env for scale.
 
     python -m bench.envs [--sizes 256 1024 4096] [--seconds 0.5] [--rounds 5] [--out FILE]
 """
@@ -76,7 +76,7 @@ def main() -> None:
 
     cases: list[Case] = []
     for n in args.sizes:
-        cases += [raw_cartpole(n), ours("gym:CartPole-v1", n), ours("puffer:memory", n), ours("puffer:maze", n)]
+        cases += [raw_cartpole(n), ours("gym:CartPole-v1", n), ours("puffer:memory", n), ours("puffer:maze", n), ours("puffer:snake", n)]
     cases.append(ours("gym:Acrobot-v1", args.sync_size, "gym:Acrobot-v1 (sync)"))
 
     console = Console(width=120)

@@ -86,6 +86,29 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "replay_max_age": Key("int", None, "training phases a retained row may stay; null = no limit", nullable=True, min=1),
         "replay_value_weight": Key("float", 1.0, "value-loss weight of retained rows (0 masks them out of the value loss)",
                                    min=0),
+        "e3b_coef": Key("float", 0.0, "E3B: scale of the intrinsic reward (0 = off; 1.0 in the paper)", min=0),
+        "e3b_ridge": Key("float", 0.1, "E3B: the covariance starts at ridge * I (added once per episode)",
+                         min=0, min_exclusive=True),
+        "e3b_decay": Key("float", None, "E3B: decay the covariance each step (C <- decay C + phi phi^T, as first "
+                         "streamed) instead of resetting it per episode; null = reset", nullable=True, min=0,
+                         max=1, min_exclusive=True),
+        "e3b_norm": Key("bool", True, "E3B: divide the bonus by its running std before e3b_coef"),
+        "e3b_embedding": Key("str", "hidden", "E3B: embed with the policy's hidden state (detached) or an "
+                             "inverse-dynamics encoder trained with its own loss",
+                             choices=("hidden", "inverse_dynamics")),
+        "e3b_dim": Key("int", 128, "E3B: width of the inverse-dynamics embedding", min=1),
+        "e3b_id_coef": Key("float", 1.0, "E3B: coefficient of the inverse-dynamics loss", min=0),
+        "diayn_coef": Key("float", 0.0, "DIAYN: coefficient of the discriminator loss (or reward) (0 = off)", min=0),
+        "diayn_archive": Key("int", 8, "DIAYN: number of skills K (chance accuracy 1/K)", min=1),
+        "diayn_skills": Key("str", "segment", "DIAYN: draw a skill per segment (as streamed) or per episode",
+                            choices=("segment", "episode")),
+        "diayn_every": Key("int", 1, "DIAYN: the discriminator reads every Nth step of a segment", min=1),
+        "diayn_features": Key("str", "taken", "DIAYN: the discriminator reads the taken action's log-prob or the "
+                              "full log_softmax", choices=("taken", "full")),
+        "diayn_mode": Key("str", "loss", "DIAYN: cross-entropy in the loss (gradients into the policy) or the "
+                          "reward log q(z given the segment) - log p(z)", choices=("loss", "reward")),
+        "diayn_stop_grad": Key("bool", False, "DIAYN: cut the discriminator's gradient into the policy (the control "
+                               "that must stay at chance)"),
         "prio_alpha": Key("float", 0.8, "prioritized segment sampling exponent (0 = uniform)", min=0),
         "prio_beta0": Key("float", 0.2, "importance-weight exponent at the start, annealed to 1", min=0, max=1),
         "norm_adv": Key("bool", True, "normalize advantages per minibatch"),
@@ -219,6 +242,9 @@ def _check_combinations(config: dict) -> None:
         raise ConfigError(
             f"train.batch_size={batch} / train.bptt_horizon={horizon} gives {segments} segments, "
             f"fewer than env.num_envs={num_envs} agents (need segments >= agents)")
+    if train["diayn_mode"] == "reward" and train["diayn_features"] != "taken":
+        raise ConfigError("train.diayn_mode=reward reads the stored taken-action log-probs: "
+                          f"train.diayn_features={train['diayn_features']} must be taken")
     if segments % num_envs:
         raise ConfigError(
             f"train.batch_size={batch} / train.bptt_horizon={horizon} gives {segments} segments, "

@@ -12,6 +12,7 @@ KINDS = [
     ("gym:Pendulum-v1", {}),  # Box actions
     ("puffer:memory", {"length": 3}),
     ("puffer:maze", {"size": 3}),
+    ("puffer:snake", {"snakes": 2, "width": 6, "height": 6, "food": 2}),
 ]
 
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 import torch
 
 from trainer.algorithms.base import Algorithm, Minibatch, Outputs, Stack
+from trainer.algorithms.diayn import DiaynSkills
+from trainer.algorithms.e3b import E3BBonus
 from trainer.algorithms.replay import Replay
 
 #: Every algorithm, in the order their hooks run (inputs appended, rewards shaped, losses summed).
-REGISTRY: tuple[type[Algorithm], ...] = (Replay,)
+#: E3B before DIAYN: its inverse-dynamics encoder sees the env's own observation, and DIAYN's
+#: one_hot(z) is then the first extra input.
+REGISTRY: tuple[type[Algorithm], ...] = (Replay, E3BBonus, DiaynSkills)
 
 __all__ = ["REGISTRY", "Algorithm", "Minibatch", "Outputs", "Stack", "build"]
 

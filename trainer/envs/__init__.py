@@ -1,7 +1,9 @@
 """Vector environments behind one interface: `make(name, num_envs, seed, **kwargs) -> VecEnv`.
 
-Names: `gym:<gymnasium id>` (e.g. `gym:CartPole-v1`, see `trainer.envs.gym_adapter`) or a
-built-in numpy env: `puffer:memory` (needs memory) and `puffer:maze` (sparse reward).
+Names: `gym:<gymnasium id>` (e.g. `gym:CartPole-v1`, see `trainer.envs.gym_adapter`),
+`minigrid:<MiniGrid id>` (e.g. `minigrid:MiniGrid-Empty-5x5-v0`, `trainer.envs.minigrid_envs`) or a
+built-in numpy env: `puffer:memory` (needs memory), `puffer:maze` (sparse reward) and
+`puffer:snake` (multi-agent, several snakes per board).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from typing import Any
 
 from trainer.envs.maze import MazeEnv
 from trainer.envs.memory import MemoryEnv
+from trainer.envs.snake import SnakeEnv
 from trainer.envs.vecenv import EnvError, StepResult, VecEnv
 
-BUILTINS: dict[str, type[VecEnv]] = {"puffer:memory": MemoryEnv, "puffer:maze": MazeEnv}
+BUILTINS: dict[str, type[VecEnv]] = {"puffer:memory": MemoryEnv, "puffer:maze": MazeEnv, "puffer:snake": SnakeEnv}
 
 __all__ = ["BUILTINS", "EnvError", "StepResult", "VecEnv", "make"]
 
@@ -26,6 +29,10 @@ def make(name: str, num_envs: int, seed: int, **kwargs: Any) -> VecEnv:
         from trainer.envs.gym_adapter import GymVecEnv
 
         return GymVecEnv(name.removeprefix("gym:"), num_envs, seed, **kwargs)
+    if name.startswith("minigrid:"):
+        from trainer.envs.minigrid_envs import make_minigrid
+
+        return make_minigrid(name.removeprefix("minigrid:"), num_envs, seed, **kwargs)
     if name not in BUILTINS:
         raise EnvError(
             f"unknown env {name!r}: use gym:<gymnasium id> (e.g. gym:CartPole-v1) "

@@ -1,0 +1,107 @@
+"""DIAYN's skills and discriminator: learnable through the policy's log-probs, dead without their gradient."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainer.algorithms.diayn import DIAYN, Skills
+
+K, A, T, OBS = 4, 5, 8, 3
+
+
+def train_toy(stop_grad: bool, features: str = "taken", steps: int = 120) -> dict:
+    """A policy over random observations plus one_hot(z), trained only on the DIAYN loss."""
+    torch.manual_seed(0)
+    policy = nn.Sequential(nn.Linear(OBS + K, 32), nn.Tanh(), nn.Linear(32, A))
+    policy[-1].weight.data.mul_(0.01)
+    diayn = DIAYN(K, T, n_actions=A, every=2, features=features, stop_grad=stop_grad)
+    optimizer = torch.optim.Adam([*policy.parameters(), *diayn.parameters()], lr=1e-2)
+    for _ in range(steps):
+        skills = torch.randint(K, (64, 1)).expand(64, T)
+        x = torch.cat([torch.randn(64, T, OBS), nn.functional.one_hot(skills, K).float()], -1)
+        with torch.no_grad():
+            actions = torch.distributions.Categorical(logits=policy(x)).sample()
+        logits = policy(x)
+        logprobs = torch.log_softmax(logits, -1).gather(-1, actions[..., None]).squeeze(-1)
+        loss, stats = diayn.loss(logprobs, logits, skills)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return stats
+
+
+def test_accuracy_rises_above_chance_through_the_policys_log_probs():
+    stats = train_toy(stop_grad=False)
+    assert stats["diayn_chance"] == 1 / K
+    assert stats["diayn_accuracy"] > 2 / K and stats["diayn_loss"] < 0.8 * math.log(K)
+
+
+def test_stop_grad_control_stays_at_chance():
+    stats = train_toy(stop_grad=True)
+    assert stats["diayn_accuracy"] < 2 / K and stats["diayn_loss"] > 0.9 * math.log(K)
+
+
+def test_full_distribution_features_are_an_easier_task():
+    assert train_toy(stop_grad=False, features="full", steps=60)["diayn_accuracy"] > 3 / K
+
+
+def test_one_skill_is_handled():
+    diayn = DIAYN(1, T)
+    loss, stats = diayn.loss(torch.randn(4, T), None, torch.zeros(4, T, dtype=torch.long))
+    assert loss.item() == 0.0 and {k: float(v) for k, v in stats.items()} == {"diayn_loss": 0.0, "diayn_accuracy": 1.0, "diayn_chance": 1.0}
+    assert torch.all(diayn.bonus(torch.randn(4, T), None, torch.zeros(4, T, dtype=torch.long)) == 0)
+    assert Skills(3, 1).inputs().tolist() == [[1.0]] * 3
+
+
+def test_every_nth_step_and_later_skills_are_masked():
+    diayn = DIAYN(K, 6, every=2)
+    logprobs = torch.arange(12.0).reshape(2, 6)
+    skills = torch.tensor([[1, 1, 1, 1, 1, 1], [2, 2, 2, 3, 3, 3]])
+    x, labels = diayn.inputs(logprobs, None, skills)
+    assert labels.tolist() == [1, 2]
+    assert x.tolist() == [[0.0, 2.0, 4.0], [6.0, 8.0, 0.0]]  # steps 0, 2, 4; row 2's step 4 has skill 3
+
+
+def test_bonus_is_log_q_minus_log_p():
+    torch.manual_seed(1)
+    diayn = DIAYN(K, T, mode="reward")
+    logprobs, skills = torch.randn(3, T), torch.randint(K, (3, 1)).expand(3, T)
+    x, labels = diayn.inputs(logprobs, None, skills)
+    log_q = torch.log_softmax(diayn.net(x), -1)[torch.arange(3), labels]
+    torch.testing.assert_close(diayn.bonus(logprobs, None, skills), log_q.detach() + math.log(K))
+    assert diayn.stop_grad  # the reward form never shapes the policy through the loss
+
+
+def test_skills_per_segment_or_episode_and_their_state_round_trips():
+    segment = Skills(64, K, "segment", seed=3)
+    before = segment.z.clone()
+    segment.start_segment()
+    assert not torch.equal(before, segment.z)
+    segment.end_episodes(torch.ones(64, dtype=torch.bool))
+    episode = Skills(64, K, "episode", seed=3)
+    first = episode.z.clone()
+    episode.start_segment()
+    assert torch.equal(first, episode.z)
+    done = torch.arange(64) % 2 == 0
+    episode.end_episodes(done)
+    assert torch.equal(episode.z[~done], first[~done]) and not torch.equal(episode.z[done], first[done])
+    state = episode.state_dict()
+    restored = Skills(64, K, "episode", seed=99)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.z, episode.z)
+    episode.start_segment(), restored.start_segment()
+    episode.end_episodes(~done), restored.end_episodes(~done)
+    assert torch.equal(restored.z, episode.z)  # the draws continue identically
+    with pytest.raises(ValueError, match="segment"):
+        Skills(2, K, "step")
+
+
+def test_config_rejects_the_reward_mode_over_full_distributions():
+    from trainer import config
+
+    with pytest.raises(config.ConfigError, match="diayn_features=full must be taken"):
+        config.resolve({"train": {"diayn_coef": 0.1, "diayn_mode": "reward", "diayn_features": "full"}})
+    with pytest.raises(config.ConfigError, match="diayn_skills"):
+        config.resolve({"train": {"diayn_skills": "step"}})

@@ -1,0 +1,208 @@
+"""E3B, exploration via elliptical episodic bonuses (DOMAIN.md §4): the bonus math, apart from the loop.
+
+Per env (indexed by env id, not by buffer row) an inverse covariance `C_inv` [num_envs, H, H]
+starts at `(1/ridge) I`. Each step, for the embedding `phi` of the observation that just
+arrived: bonus `b = phi^T C_inv phi`, then the Sherman-Morrison update `u = C_inv phi;
+C_inv -= u u^T / (1 + b)`, so `C_inv` stays `(ridge I + sum phi phi^T)^-1` over the episode.
+On an episode's first step `C_inv` is reset (the ridge is added once, here) and the bonus is 0:
+the agent did not act its way into a reset state. With `decay` set, the covariance is never
+reset but decayed, `C <- decay C + phi phi^T` (the variant first streamed).
+
+The raw bonus starts near `|phi|^2 / ridge`, large enough to swamp the value loss, so the
+intrinsic reward is `coef * b / running_std(b)` (`norm`), and it joins the reward only.
+The embedding is the policy's hidden state, detached, or `InverseDynamics`' encoder (the
+paper's), trained with its own loss.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from trainer.algorithms.base import Algorithm, Means, Minibatch, Outputs
+
+if TYPE_CHECKING:
+    from trainer.train import Trainer
+
+
+class RunningStd:
+    """Standard deviation of every value seen so far (Chan et al.'s parallel merge, in float64)."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, values: Tensor) -> None:
+        n = values.numel()
+        if not n:
+            return
+        values = values.detach().double()
+        mean, m2 = values.mean().item(), ((values - values.mean()) ** 2).sum().item()
+        delta, total = mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / self.count) ** 0.5 if self.count > 1 else 1.0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
+
+class E3B:
+    """Per-env elliptical bonus: `step(phi, first)` gives each env's intrinsic reward for its new observation."""
+
+    def __init__(self, num_envs: int, dim: int, *, ridge: float = 0.1, coef: float = 1.0, decay: float | None = None,
+                 norm: bool = True, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if ridge <= 0:
+            raise ValueError(f"e3b ridge must be > 0, got {ridge}")
+        if decay is not None and not 0 < decay <= 1:
+            raise ValueError(f"e3b decay must be in (0, 1], got {decay}")
+        self.num_envs, self.dim, self.ridge, self.coef, self.decay, self.norm = num_envs, dim, ridge, coef, decay, norm
+        self.eye = torch.eye(dim, device=device, dtype=dtype) / ridge
+        self.c_inv = self.eye.repeat(num_envs, 1, 1)
+        self.stats = RunningStd()
+        self.last_raw = torch.zeros(num_envs, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def step(self, phi: Tensor, first: Tensor) -> Tensor:
+        """Intrinsic rewards [num_envs] for embeddings `phi` [num_envs, H] of the observations that
+        just arrived; `first` [num_envs] bool marks observations that start an episode."""
+        phi = phi.detach().to(self.c_inv.dtype)
+        if self.decay is None:
+            self.c_inv[first] = self.eye
+        u = torch.bmm(self.c_inv, phi.unsqueeze(-1)).squeeze(-1)
+        raw = (phi * u).sum(-1)
+        # one in-place pass over [num_envs, H, H]: C_inv <- C_inv / d - u u^T / (d (d + b)), d = decay or 1,
+        # which is Sherman-Morrison for (d C + phi phi^T)^-1 given (d C)^-1 = C_inv / d
+        d = 1.0 if self.decay is None else self.decay
+        self.c_inv.baddbmm_(u.unsqueeze(-1), (u / (d * (d + raw))[:, None]).unsqueeze(-2), beta=1.0 / d, alpha=-1.0)
+        bonus = raw * ~first
+        self.last_raw = bonus
+        if not self.norm:
+            return self.coef * bonus
+        self.stats.update(bonus[~first])
+        return self.coef * bonus / max(self.stats.std, 1e-8)
+
+    def state_dict(self) -> dict:
+        return {"c_inv": self.c_inv.clone(), "stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.c_inv.copy_(state["c_inv"])
+        self.stats.load_state_dict(state["stats"])
+
+
+class InverseDynamics(nn.Module):
+    """The paper's embedding: an encoder `phi(obs)` trained to tell which action led from one
+    observation to the next (cross-entropy over `head([phi(s), phi(s')])`)."""
+
+    def __init__(self, obs_size: int, n_actions: int, dim: int = 128) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(obs_size, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, n_actions))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.encoder(obs)
+
+    def loss(self, obs: Tensor, next_obs: Tensor, actions: Tensor, valid: Tensor) -> Tensor:
+        """Mean cross-entropy of predicting `actions` [B] from (obs, next_obs) [B, obs_size], over `valid` pairs
+        (pairs that cross an episode boundary are not transitions)."""
+        logits = self.head(torch.cat([self.encoder(obs), self.encoder(next_obs)], dim=-1))
+        losses = nn.functional.cross_entropy(logits, actions.long(), reduction="none")
+        return (losses * valid).sum() / valid.sum().clamp(min=1)
+
+
+class E3BBonus(Algorithm):
+    """E3B in the loop: each collected step's bonus joins the rewards the trainer stores.
+
+    Keys (train section): `e3b_coef` (> 0 enables it), `e3b_ridge`, `e3b_decay` (null = reset
+    per episode), `e3b_norm`, `e3b_embedding` (`hidden`: the policy's embedding, detached; or
+    `inverse_dynamics`, its own encoder of `e3b_dim` trained with `e3b_id_coef * loss`).
+    Metrics: intrinsic reward mean and max, its share of all reward, seconds spent per epoch.
+    """
+
+    @classmethod
+    def enabled(cls, config: dict) -> bool:
+        return config["train"]["e3b_coef"] > 0
+
+    def __init__(self, config: dict, *, num_envs: int, segments: int, device: torch.device) -> None:
+        train, policy = config["train"], config["policy"]
+        self.embedding = train["e3b_embedding"]
+        if self.embedding == "inverse_dynamics":
+            dim = train["e3b_dim"]
+        else:
+            dim = policy["lstm_hidden_size"] if policy["lstm"] else policy["hidden_size"]
+        self.bonus = E3B(num_envs, dim, ridge=train["e3b_ridge"], coef=train["e3b_coef"], decay=train["e3b_decay"],
+                         norm=train["e3b_norm"], device=device)
+        self.id_coef = train["e3b_id_coef"]
+        self.model: InverseDynamics | None = None
+        self.obs: Tensor | None = None
+        self.stats = Means()
+        self.seconds = 0.0
+        self.trainer: Trainer | None = None
+
+    def attach(self, trainer: Trainer) -> None:
+        from gymnasium import spaces
+
+        self.trainer = trainer
+        if self.embedding == "inverse_dynamics":
+            space = trainer.envs.single_action_space
+            if not isinstance(space, spaces.Discrete):
+                raise ValueError(f"e3b_embedding: inverse_dynamics needs a Discrete action space, not {space}")
+            self.model = InverseDynamics(trainer.envs.obs_size, int(space.n), self.bonus.dim).to(trainer.device)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model] if self.model is not None else []
+
+    def policy_inputs(self, obs: Tensor, rows: Any, first: Tensor | None) -> Tensor:
+        if first is not None:
+            self.obs = obs  # the env's observation of this step, for the inverse-dynamics encoder
+        return obs
+
+    def shape_rewards(self, rewards: Tensor, first: Tensor, hidden: Tensor, rows: slice) -> Tensor:
+        start = time.perf_counter()
+        phi = hidden if self.model is None else self.model(self.obs)
+        intrinsic = self.bonus.step(phi.float(), first.bool())
+        self.seconds += time.perf_counter() - start
+        self.stats.add("e3b_intrinsic_mean", intrinsic.sum(), intrinsic.numel())
+        self.stats.peak("e3b_intrinsic_max", intrinsic.max())
+        self.stats.add("e3b_share", intrinsic.sum(), intrinsic.sum() + rewards.abs().sum())
+        return rewards + intrinsic
+
+    def loss(self, batch: Minibatch, out: Outputs) -> Tensor | None:
+        if self.model is None:
+            return None
+        size = self.trainer.envs.obs_size
+        obs = batch.obs[..., :size]
+        experience = self.trainer.experience
+        ended = torch.maximum(experience.terminations[batch.rows], experience.truncations[batch.rows])
+        valid = 1.0 - ended[:, 1:]  # (obs t, action t) -> obs t+1 within one episode
+        loss = self.model.loss(obs[:, :-1].flatten(0, 1), obs[:, 1:].flatten(0, 1), batch.actions[:, :-1].flatten(),
+                               valid.flatten())
+        self.stats.add("e3b_id_loss", loss.detach())
+        return self.id_coef * loss
+
+    def metrics(self) -> dict[str, float]:
+        out = self.stats.read()
+        out["e3b_seconds"], self.seconds = self.seconds, 0.0
+        out["e3b_raw_std"] = self.bonus.stats.std
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"bonus": self.bonus.state_dict()}
+        if self.model is not None:
+            state["model"] = self.model.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "bonus" in state:
+            self.bonus.load_state_dict(state["bonus"])
+        if self.model is not None and "model" in state:
+            self.model.load_state_dict(state["model"])
