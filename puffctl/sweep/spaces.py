@@ -29,7 +29,7 @@ class Space:
     kind: str
     min: float
     max: float
-    center: float
+    center: float | int
     scale: float
 
     def internal(self, value: float) -> float:
@@ -137,4 +137,4 @@ def parse(key: str, spec: Any) -> Space:
         raise PuffctlError(f"{where}.scale: expected a positive number (in the space's own units), got {scale!r}")
     else:
         scale_value = float(scale)
-    return Space(key, kind, low, high, float(center_value), scale_value)
+    return Space(key, kind, low, high, center_value, scale_value)

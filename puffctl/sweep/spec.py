@@ -8,6 +8,7 @@ line naming the spec, not a failed trial an hour later.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,10 +22,9 @@ from puffctl.sweep import spaces
 METHODS = ("cost-aware", "default", "random")
 COSTS = ("steps", "time")
 DIRECTIONS = ("maximize", "minimize")
-SUMMARIES = ("final", "best")
 TOP_KEYS = (
-    "name", "description", "profile", "set", "search", "metric", "direction", "summary",
-    "cost", "method", "trials", "seeds", "slots", "where", "storage", "seed",
+    "name", "description", "profile", "set", "search", "metric", "direction",
+    "cost", "method", "trials", "seeds", "retries", "slots", "where", "storage", "seed",
 )
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -37,13 +37,13 @@ class SweepSpec:
     profile: str
     fixed: dict[str, Any]
     search: dict[str, spaces.Space]
-    metric: str = "episode_return"
+    metric: str = "env.episode_return"
     direction: str = "maximize"
-    summary: str = "final"
     cost: str = "steps"
     method: str = "cost-aware"
     trials: int = 20
     seeds: int = 1
+    retries: int = 1
     slots: int = 1
     where: str = "local"
     storage: str | None = None
@@ -55,13 +55,9 @@ class SweepSpec:
         """The nested config overrides of one trial: the fixed keys, then its searched values."""
         return nest({**self.fixed, **params})
 
-    def config(self, params: Mapping[str, Any], *, seed: int | None = None) -> dict:
-        """The resolved trainer config of one trial (validated, as `puffctl train` would run it)."""
-        base = profiles.load(self.profile).overrides
-        merged = profiles.deep_merge(base, self.overrides(params))
-        if seed is not None:
-            merged = profiles.deep_merge(merged, {"train": {"seed": seed}})
-        return profiles.resolve(merged, self.source or self.name)
+    def sets(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        """The trial as `puffctl train --set` assignments (fixed keys first)."""
+        return tuple(f"{key}={json.dumps(value)}" for key, value in {**self.fixed, **params}.items())
 
     def center(self) -> dict[str, Any]:
         """Trial 1: every searched key at its centre."""
@@ -138,12 +134,15 @@ def from_mapping(data: Any, source: str, default_name: str = "sweep") -> SweepSp
     both = sorted(set(search) & set(fixed))
     if both:
         raise PuffctlError(f"{source}: {', '.join(both)} both fixed (set) and searched")
-    metric = data.get("metric", "episode_return")
-    if not isinstance(metric, str) or not metric:
-        raise PuffctlError(f"{source}: metric: expected the name of an env stat, e.g. episode_return")
+    metric = data.get("metric", "env.episode_return")
+    if not isinstance(metric, str) or not metric or not all(metric.split(".")):
+        raise PuffctlError(f"{source}: metric: expected a dotted key of the progress events, e.g. env.episode_return")
     storage = data.get("storage")
     if storage is not None and (not isinstance(storage, str) or "://" not in storage):
         raise PuffctlError(f"{source}: storage: expected a database URL such as sqlite:///study.db or postgresql://host/db")
+    where = data.get("where", "local")
+    if where != "local":
+        raise PuffctlError(f"{source}: where: only local runs trials for now (got {where!r}); box slots come with the box executor")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PuffctlError(f"{source}: seed: expected an integer, got {seed!r}")
@@ -154,13 +153,13 @@ def from_mapping(data: Any, source: str, default_name: str = "sweep") -> SweepSp
         search=search,
         metric=metric,
         direction=_choice(data, "direction", DIRECTIONS, "maximize", source),
-        summary=_choice(data, "summary", SUMMARIES, "final", source),
         cost=_choice(data, "cost", COSTS, "steps", source),
         method=_choice(data, "method", METHODS, "cost-aware", source),
         trials=_count(data, "trials", 20, source),
         seeds=_count(data, "seeds", 1, source),
+        retries=_count(data, "retries", 1, source, minimum=0),
         slots=_count(data, "slots", 1, source),
-        where=str(data.get("where", "local")),
+        where=where,
         storage=storage,
         seed=seed,
         description=str(data.get("description") or ""),
