@@ -86,6 +86,7 @@ def plot_effects(sweep: Sweep, path: Path) -> None:
             ax.set_xscale("function", functions=(lambda v: _safe_log(1 - v), lambda u: 1 - 10**u))
         elif scale == "log":
             ax.set_xscale("log", base=2 if space.kind == "pow2" else 10)
+        ax.set_xlim(space.min, space.max)
         ax.set_xlabel(f"{key} ({space.kind})")
         ax.set_ylabel(sweep.spec.metric)
     for index in range(len(keys), rows * columns):
