@@ -61,3 +61,15 @@ def test_sweep_bad_spec_is_one_line_error(tmp_path, change, message):
     with pytest.raises(PuffctlError, match=message) as error:
         sweep_spec.load(write(tmp_path, GOOD.replace(old, new)))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("command", [["--help"], ["sweep", "--help"], ["sweep", "run", "--help"]])
+def test_sweep_help_imports_neither_optuna_nor_torch(command):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "puffctl", *command], cwd=Path(__file__).resolve().parents[2],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "sweep" in result.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "optuna", "matplotlib", "sqlalchemy", "numpy"}
