@@ -16,12 +16,13 @@ no orchestrator watched, so nothing is asked twice and nothing is lost.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from puffctl import profiles
+from puffctl import profiles, runs
 from puffctl.batch import spec as batch_spec
 from puffctl.batch import state as batch_state
 from puffctl.errors import PuffctlError
@@ -143,17 +144,13 @@ def create(root: Path, spec_path: Path) -> Sweep:
 
 def open_sweep(root: Path, name: str) -> Sweep:
     """An existing sweep by name, with its study reopened."""
-    import json
-
     path = root / name
     if not (path / batch_state.CELLS_FILE).is_file() or not (path / batch_state.SPEC_FILE).is_file():
-        known = [item for item in batch_state.list_batches(root)]
+        known = batch_state.list_batches(root)
         raise PuffctlError(f"no sweep {name!r} in {root}" + (f" (sweeps: {', '.join(known)})" if known else ""))
     spec_file = path / batch_state.SPEC_FILE
     spec = sweep_spec.from_mapping(profiles.parse_yaml(spec_file.read_text(encoding="utf-8"), str(spec_file)), str(spec_file), default_name=name)
     cells = [batch_spec.Cell.from_json(item) for item in json.loads((path / batch_state.CELLS_FILE).read_text(encoding="utf-8"))["cells"]]
-    from puffctl import runs
-
     saved = runs.read_json(path / batch_state.STATE_FILE).get("cells") or {}
     state = {cell.cell_id: batch_state.CellState.from_json(saved.get(cell.cell_id) or {}) for cell in cells}
     batch = batch_state.Batch(path, as_batch_spec(spec), cells, state)
