@@ -120,3 +120,13 @@ def test_sweep_killed_study_resumes_without_duplicated_or_lost_trials(tmp_path):
     records = tuner(tmp_path, "cost-aware", budget=14).trials()
     assert [r.number for r in records] == list(range(14))
     assert all(r.state == "completed" for r in records)
+
+
+def test_sweep_cost_aware_parallel_asks_differ_and_in_memory_storage_works():
+    tune = Tuner(SPACES, storage=None, name="m", method="cost-aware", direction="maximize", budget=12)
+    for _ in range(6):
+        trial = tune.ask()
+        tune.tell(trial.number, score(trial.params), cost(trial.params))
+    in_flight = [tune.ask() for _ in range(3)]  # three slots asking before any result comes back
+    assert len({tuple(sorted(trial.params.items())) for trial in in_flight}) == 3
+    assert [r.state for r in tune.trials()].count("running") == 3
