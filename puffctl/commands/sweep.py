@@ -126,8 +126,9 @@ def trial_line(sweep, record) -> str:
     return f"trial {record.number + 1}: {sweep.spec.metric} {human_value(record.score)}, cost {human_count(record.cost)}{mark}  {params}"
 
 
-def trials_table(sweep, engine=None) -> Table:
-    """Trials with their values, state, metric and cost; running ones show live steps and metric."""
+def trials_table(sweep, engine=None, limit: int | None = LIVE_ROWS) -> Table:
+    """Trials with their values, state, metric and cost; running ones show live steps and metric.
+    With a `limit`, the running trials, the latest finished ones and the best."""
     from puffctl.dashboard import human_count, human_value
     from puffctl.sweep.runner import trial_of
 
@@ -146,7 +147,8 @@ def trials_table(sweep, engine=None) -> Table:
             if engine.batch.state[cell_id].status == "running":
                 live.setdefault(trial_of(cell_id), []).append(numbers)
     shown = [r for r in records if r.state == "running"]
-    shown += [r for r in reversed(records) if r.state != "running"][: max(0, LIVE_ROWS - len(shown))]
+    finished = [r for r in reversed(records) if r.state != "running"]
+    shown += finished if limit is None else finished[: max(0, limit - len(shown))]
     if best is not None and best not in shown:
         shown.append(best)
     for record in sorted(shown, key=lambda r: r.number):
@@ -171,8 +173,7 @@ def status(name: str = typer.Argument(..., metavar="NAME"), root: Optional[Path]
 
     fit_width(console)
     sweep = runner.open_sweep(runner.sweeps_root(root), name)
-    table = trials_table(sweep)
-    console.print(table)
+    console.print(trials_table(sweep, limit=None))
 
 
 @sweep_app.command("report")
