@@ -161,7 +161,8 @@ def main() -> None:
                           f"{statistics.median(r['best'] for r in runs) / 100:.3f}",
                           f">{objective.budget}" if trials > objective.budget else f"{trials:g}",
                           "-" if math.isinf(cost) else f"{cost:,.0f}", f"{reached}/{len(runs)}", f"{per_trial:.2f}")
-    console.print(table)
+    if results["objectives"]:
+        console.print(table)
     if args.overhead_at:
         over = Table(title=f"tuner time per trial (ask + tell, SQLite) at {args.overhead_at} finished trials, 6 keys")
         over.add_column("method")
