@@ -21,6 +21,7 @@ from puffctl.errors import PuffctlError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("puffctl.commands.train", "Train a profile and watch it: summary, SPS, where each epoch's time goes, losses, env stats."),
     "ablate": ("puffctl.commands.ablate", "Ablation batches: a YAML spec of variants x seeds run as ordinary runs, resumable, reported with seed-aggregated confidence intervals (docs/ablate.md)."),
+    "sweep": ("puffctl.commands.sweep", "Hyperparameter sweeps: a YAML spec of searched keys (linear, log, logit, pow2, int spaces) tuned by Optuna (random, its default, or cost-aware), each trial a fresh run through the ablation engine, resumable, reported with the cost/score Pareto front (docs/sweep.md)."),
     "eval": ("puffctl.commands.evaluate", "Play a run's checkpoint without training: the eval score with a 95% CI, next to the training score."),
     "runs": ("puffctl.commands.runs", "The local run store: list, show, tail, compare, pin, checkout, rm."),
     "profile": ("puffctl.commands.profile", "Named training profiles (profiles/*.yaml): list, show, validate."),

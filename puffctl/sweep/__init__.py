@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: search spaces, the sweep spec, and the tuner (Optuna underneath)."""
