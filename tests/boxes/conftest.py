@@ -58,6 +58,15 @@ def docker_engine():
 
 
 @pytest.fixture(scope="session")
+def python_image(docker_engine):
+    """An image holding this machine's Python and the trainer's packages (imported once per session)."""
+    try:
+        return realparts.build_python_image(docker_engine.url)
+    except (realparts.RealPartsError, OSError) as error:
+        _unavailable(f"building the Python test image failed: {error}")
+
+
+@pytest.fixture(scope="session")
 def sshd(docker_engine):
     """A loopback OpenSSH server whose logins reach docker_engine (DOCKER_HOST via SetEnv)."""
     try:

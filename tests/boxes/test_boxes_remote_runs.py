@@ -1,0 +1,200 @@
+"""Runs on a box: the real trainer inside a container on the test engine, reached over ssh://."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from puffctl import boxes, remote, runs
+from puffctl.errors import PuffctlError
+
+pytestmark = [pytest.mark.docker, pytest.mark.ssh]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ssh_masters(pid: int) -> list[int]:
+    """Pids of the OpenSSH master connections that process `pid` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and argv[0] == b"ssh" and b"ControlMaster=yes" in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+def remote_file(docker_client, run_id: str, name: str) -> bytes:
+    container = docker_client.containers.get("puffctl-alice-dev")
+    stream, _ = container.get_archive(f"{remote.REMOTE_ROOT}/{run_id}/{name}")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        return tar.extractfile(tar.next()).read()
+
+
+@pytest.fixture
+def ssh_box(config_dir, clean_engine, sshd, python_image, monkeypatch, tmp_path):
+    """Box 'lab' over ssh:// with alice's dev container from the Python image; the CLI's environment."""
+    monkeypatch.setenv("PUFFCTL_SSH_CONFIG", str(sshd.client_config))
+    monkeypatch.setenv("PUFFCTL_RUNS_DIR", str(tmp_path / "runs"))
+    boxes.add_box("lab", f"ssh://{sshd.alias}", cpu_only=True)
+    from puffctl import containers
+
+    with boxes.open_box("lab") as engine:
+        containers.up(engine, boxes.get_box("lab"), image=python_image, network="none")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return env, tmp_path / "runs"
+
+
+def puffctl(env, *args: str, **options) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "puffctl", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **options)
+
+
+TRAIN = ("train", "baseline", "--box", "lab", "--steps", "120000", "--set", "logger.progress_interval=0.2",
+         "--set", "env.num_envs=8", "--no-dashboard")
+
+
+def test_train_on_box_survives_a_dropped_connection_and_attach_copies_it_back(ssh_box, docker_client):
+    env, root = ssh_box
+    trainer = puffctl(env, *TRAIN, "--name", "far")
+    events = root / "far" / "events.jsonl"
+    wait_for(lambda: events.exists() and events.read_text().count('"type":"progress"') >= 2, 90, "progress events")
+    for pid in wait_for(lambda: ssh_masters(trainer.pid), 10, "the ssh master"):
+        os.kill(pid, signal.SIGKILL)  # the connection drops mid-run; the CLI reconnects and resumes
+    seen = events.stat().st_size
+    wait_for(lambda: events.stat().st_size > seen, 60, "events after the reconnect")
+    trainer.kill()  # the laptop goes away; the run goes on on the box
+    trainer.wait()
+    assert "started far on lab/dev" in trainer.stdout.read()
+
+    listed = subprocess.run([sys.executable, "-m", "puffctl", "runs", "list"], env=env, cwd=REPO,
+                            capture_output=True, text=True)
+    assert "far" in listed.stdout and "lab" in listed.stdout and "running" in listed.stdout, listed.stdout
+
+    attached = puffctl(env, "runs", "attach", "far", "--no-dashboard")
+    output, _ = attached.communicate(timeout=100)
+    assert attached.returncode == 0, output
+    assert "completed" in output and "copied back" in output
+
+    local = events.read_bytes()
+    assert local == remote_file(docker_client, "far", "events.jsonl")
+    lines = [json.loads(line) for line in local.decode().splitlines()]
+    assert [e["type"] for e in lines].count("start") == 1 and lines[-1]["type"] == "end"
+    progress = [e["epoch"] for e in lines if e["type"] == "progress"]
+    assert progress == sorted(set(progress))  # nothing repeated, nothing out of order
+    run = runs.get_run(root, "far")
+    assert run.status == "completed" and run.checkpoint_files()
+    assert (root / "far" / "status.json").is_file() and (root / "far" / "stdout.log").is_file()
+    source = json.loads((root / "far" / "source.json").read_text())
+    assert run.state.git["commit"] == source["commit"]  # the synced tree's provenance, recorded by the trainer
+
+
+def test_runs_stop_checkpoints_a_remote_run(ssh_box):
+    env, root = ssh_box
+    trainer = puffctl(env, *TRAIN, "--name", "halt", "--detach")
+    output, _ = trainer.communicate(timeout=100)
+    assert trainer.returncode == 0 and "code already synced" in output or "code synced" in output, output
+    events = root / "halt" / "events.jsonl"
+    attached = puffctl(env, "runs", "attach", "halt", "--no-dashboard")
+    wait_for(lambda: events.exists() and '"type":"progress"' in events.read_text(), 90, "progress events")
+    stopped = subprocess.run([sys.executable, "-m", "puffctl", "runs", "stop", "halt"], env=env, cwd=REPO,
+                             capture_output=True, text=True)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    output, _ = attached.communicate(timeout=60)
+    assert attached.returncode == 130 and "interrupted" in output, output
+    run = runs.get_run(root, "halt")
+    assert run.status == "interrupted" and run.checkpoint_files()
+
+
+def test_a_run_whose_box_is_unreachable_lists_as_unreachable(config_dir, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections are refused
+    boxes.add_box("gone", f"ssh://127.0.0.1:{port}")
+    path = tmp_path / "runs" / "away"
+    path.mkdir(parents=True)
+    runs.write_json(path / runs.LAUNCH_FILE, {"profile": "baseline", "remote": {
+        "box": "gone", "container": "dev", "container_id": "0" * 64, "dir": "/workspace/runs/away"}})
+    found = runs.list_runs(tmp_path / "runs")
+    assert [run.status for run in found] == ["running"]
+    assert remote.remote_statuses(found) == {"away": "unreachable"}
+
+
+def crafted(*members: tarfile.TarInfo) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for member in members:
+            tar.addfile(member, io.BytesIO(b"x" * member.size) if member.isreg() else None)
+    buffer.seek(0)
+    return buffer
+
+
+def member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = 1 if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize("bad, why", [
+    (member("run/../escape.txt"), "outside"),
+    (member("/etc/passwd"), "outside"),
+    (member("other/file"), "outside"),
+    (member("run/link", tarfile.SYMTYPE, "/etc/passwd"), "link"),
+    (member("run/inner", tarfile.SYMTYPE, "events.jsonl"), "link"),
+    (member("run/hard", tarfile.LNKTYPE, "run/events.jsonl"), "link"),
+    (member("run/fifo", tarfile.FIFOTYPE), "special"),
+])
+def test_copy_back_refuses_members_outside_the_run_or_links(tmp_path, bad, why):
+    archive = crafted(member("run", tarfile.DIRTYPE), member("run/events.jsonl"), bad)
+    with pytest.raises(PuffctlError, match=why):
+        remote.extract_run(archive, "run", tmp_path / "dest")
+    assert not (tmp_path / "escape.txt").exists()
+    assert not any(p.is_symlink() for p in (tmp_path / "dest").rglob("*")) if (tmp_path / "dest").exists() else True
+
+
+def test_copy_back_extracts_a_clean_run_directory(tmp_path):
+    archive = crafted(member("run", tarfile.DIRTYPE), member("run/checkpoints", tarfile.DIRTYPE),
+                      member("run/checkpoints/epoch_1.pt"), member("run/events.jsonl"))
+    names = remote.extract_run(archive, "run", tmp_path)
+    assert names == ["run", "run/checkpoints", "run/checkpoints/epoch_1.pt", "run/events.jsonl"]
+    assert (tmp_path / "run" / "checkpoints" / "epoch_1.pt").read_bytes() == b"x"
+
+
+def test_gpu_option_and_box_checks(config_dir):
+    assert remote.parse_gpus("1") == "1" and remote.parse_gpus("0,3") == "0,3"
+    for bad in ("a", "0,0", "1,", "-1"):
+        with pytest.raises(PuffctlError, match="bad --gpu"):
+            remote.parse_gpus(bad)
+    boxes.add_box("cpu", "unix:///nonexistent.sock", cpu_only=True)
+    with pytest.raises(PuffctlError, match="CPU-only"):
+        remote.check_box("cpu", "0")
+    boxes.add_box("gpu", "unix:///nonexistent.sock")
+    boxes.record_health("gpu", {"status": "healthy", "gpus": {"gpus": [{"index": 0}, {"index": 1}]}})
+    assert remote.check_box("gpu", "1").name == "gpu"
+    with pytest.raises(PuffctlError, match="no GPU 2"):
+        remote.check_box("gpu", "0,2")
+    boxes.record_health("gpu", {"status": "unhealthy", "failed": ["gpus"]})
+    with pytest.raises(PuffctlError, match="failed its last check"):
+        remote.check_box("gpu", None)
