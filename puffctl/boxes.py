@@ -75,6 +75,7 @@ class Box:
     cpu_only: bool = False
     added: float = 0.0
     health: dict = field(default_factory=dict)
+    owner: str = ""  # a note for the lab: whose box it is, who to ask
 
     @property
     def default_image(self) -> str:
@@ -103,12 +104,26 @@ def load_registry() -> dict[str, Box]:
         raise PuffctlError(f"box registry {path} is unreadable ({error}); fix or remove it", exit_code=1) from None
 
 
+@contextlib.contextmanager
+def update_registry() -> Iterator[dict[str, Box]]:
+    """Load, change and save the registry under an exclusive file lock: concurrent commands never lose an update."""
+    import fcntl
+
+    path = _registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(REGISTRY_FILE + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        boxes = load_registry()
+        yield boxes
+        save_registry(boxes)
+
+
 def save_registry(boxes: dict[str, Box]) -> None:
     """Write the registry atomically (temp file + rename) so a crash never leaves half a file."""
     path = _registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"boxes": {name: {"host": box.host, "cpu_only": box.cpu_only, "added": box.added,
-                             "health": box.health} for name, box in sorted(boxes.items())}}
+                             "health": box.health, "owner": box.owner} for name, box in sorted(boxes.items())}}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".boxes-", suffix=".json")
     with os.fdopen(fd, "w") as out:
         json.dump(data, out, indent=2)
@@ -116,27 +131,38 @@ def save_registry(boxes: dict[str, Box]) -> None:
     os.replace(tmp, path)
 
 
-def add_box(name: str, host: str, cpu_only: bool = False) -> Box:
+def add_box(name: str, host: str, cpu_only: bool = False, owner_note: str = "") -> Box:
     """Register a box (no connection made): the name must be new and safe, the host URL valid."""
     from puffctl.engine import parse_host
 
     validate_box_name(name)
     url = parse_host(host)
-    boxes = load_registry()
-    if name in boxes:
-        raise PuffctlError(f"box {name!r} already exists ({boxes[name].host}); `puffctl box rm {name}` first")
-    box = Box(name=name, host=str(url), cpu_only=cpu_only, added=time.time())
-    boxes[name] = box
-    save_registry(boxes)
+    with update_registry() as boxes:
+        if name in boxes:
+            raise PuffctlError(f"box {name!r} already exists ({boxes[name].host}); `puffctl box rm {name}` first")
+        box = Box(name=name, host=str(url), cpu_only=cpu_only, added=time.time(), owner=owner_note.strip())
+        boxes[name] = box
+    return box
+
+
+def set_box(name: str, host: str | None = None, owner_note: str | None = None, cpu_only: bool | None = None) -> Box:
+    """Change a registered box's host URL, owner note or CPU-only mark."""
+    from puffctl.engine import parse_host
+
+    url = str(parse_host(host)) if host is not None else None
+    with update_registry() as boxes:
+        box = get_box(name, boxes)
+        box.host = url or box.host
+        box.owner = box.owner if owner_note is None else owner_note.strip()
+        box.cpu_only = box.cpu_only if cpu_only is None else cpu_only
     return box
 
 
 def remove_box(name: str) -> Box:
     """Forget a box. Its containers stay on the box untouched."""
-    boxes = load_registry()
-    box = get_box(name, boxes)
-    del boxes[name]
-    save_registry(boxes)
+    with update_registry() as boxes:
+        box = get_box(name, boxes)
+        del boxes[name]
     return box
 
 
@@ -149,10 +175,9 @@ def get_box(name: str, boxes: dict[str, Box] | None = None) -> Box:
 
 
 def record_health(name: str, health: dict) -> None:
-    boxes = load_registry()
-    if name in boxes:
-        boxes[name].health = health
-        save_registry(boxes)
+    with update_registry() as boxes:
+        if name in boxes:
+            boxes[name].health = health
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from puffctl.errors import PuffctlError
+
 console = Console()
 group = typer.Typer(help="GPU boxes: Docker engines reached over unix:// or ssh://, their health and dev image.",
                     no_args_is_help=True)
@@ -23,13 +25,31 @@ def add(
                              "or unix:///var/run/docker.sock."),
     cpu_only: bool = typer.Option(False, "--cpu-only", help="A box without GPUs: GPU checks are skipped, "
                                   "the CPU image is its default."),
+    owner_note: str = typer.Option("", "--owner", help="Whose box it is / who to ask, shown in `box list`."),
 ) -> None:
     """Register a box (nothing is contacted; run `puffctl box check NAME` next)."""
     from puffctl import boxes
 
-    box = boxes.add_box(name, host, cpu_only=cpu_only)
+    box = boxes.add_box(name, host, cpu_only=cpu_only, owner_note=owner_note)
     console.print(f"[green]added[/] box [bold]{box.name}[/] at {box.host}"
                   f"{' (CPU only)' if box.cpu_only else ''}; next: puffctl box check {box.name}", highlight=False)
+
+
+@group.command("set")
+def set_(
+    name: str = typer.Argument(..., help="The box to change."),
+    host: str = typer.Option(None, "--host", help="A new ssh:// or unix:// address."),
+    owner_note: str = typer.Option(None, "--owner", help="Whose box it is / who to ask ('' clears it)."),
+    cpu_only: bool = typer.Option(None, "--cpu-only/--gpus", help="Mark it CPU-only, or as a GPU box."),
+) -> None:
+    """Change a box's address, owner note or CPU-only mark (nothing is contacted)."""
+    from puffctl import boxes
+
+    if host is None and owner_note is None and cpu_only is None:
+        raise PuffctlError("nothing to change: give --host, --owner or --cpu-only/--gpus")
+    box = boxes.set_box(name, host=host, owner_note=owner_note, cpu_only=cpu_only)
+    console.print(f"box [bold]{box.name}[/]: {box.host}{' (CPU only)' if box.cpu_only else ''}"
+                  f"{f', owner {box.owner}' if box.owner else ''}", highlight=False)
 
 
 @group.command("list")
@@ -43,7 +63,7 @@ def list_() -> None:
         console.print("no boxes yet: puffctl box add NAME --host ssh://user@host")
         return
     table = Table(title="boxes")
-    for column in ("box", "host", "reachable", "docker", "gpus", "driver / max CUDA", "containers (mine)", "health"):
+    for column in ("box", "owner", "host", "reachable", "docker", "gpus", "driver / max CUDA", "containers (mine)", "health"):
         table.add_column(column)
     for status in statuses:
         box, health = status.box, status.box.health
@@ -54,7 +74,7 @@ def list_() -> None:
         state = health.get("status", "unchecked")
         colour = {"healthy": "green", "unhealthy": "red"}.get(state, "yellow")
         failed = f" ({', '.join(health.get('failed', []))})" if health.get("failed") else ""
-        table.add_row(box.name, box.host,
+        table.add_row(box.name, box.owner or "-", box.host,
                       "[green]yes[/]" if status.reachable else "[red]no[/]",
                       f"{status.docker_version} (API {status.api_version})" if status.reachable else "-",
                       gpus, driver,
