@@ -141,6 +141,11 @@ def provision(
     network: str = typer.Option(None, "--network", help="Network for RUN steps (default: the engine's)."),
     check_after: bool = typer.Option(True, "--check/--no-check", help="Run `box check` with the new image."),
     min_disk_gb: float = typer.Option(20.0, "--min-disk-gb", help="Free disk the check requires, in GiB."),
+    match: bool = typer.Option(False, "--match-driver", help="Pick the newest known CUDA devel base the box's driver "
+                               "(from its last `box check`) supports, and the torch built for it; recorded as image labels."),
+    torch_index: str = typer.Option(None, "--torch-index", metavar="ROOT", envvar="PUFFCTL_TORCH_INDEX",
+                                    help="Root of PyTorch's wheel index, for torch builds not on the default index "
+                                    "(ROOT/cu118 ...)."),
 ) -> None:
     """Build or update the dev image on the box (context: the repo's git-tracked files), then check it."""
     from rich.status import Status
@@ -150,6 +155,17 @@ def provision(
 
     box = boxes.get_box(name)
     root = repo_root(repo)
+    matched = None
+    if match:
+        if variant != "cuda" or box.cpu_only:
+            raise PuffctlError("--match-driver picks a CUDA base: it goes with a GPU box and --variant cuda")
+        driver = (box.health.get("gpus") or {}).get("driver")
+        if not driver:
+            raise PuffctlError(f"no driver known for box {name}: run `puffctl box check {name}` first")
+        matched = boxes.match_driver(driver, torch_index)
+        index = matched["TORCH_INDEX_URL"]
+        console.print(f"driver {driver}: CUDA {matched['IMAGE_CUDA']} base {matched['BASE_IMAGE']}, "
+                      f"torch {matched['TORCH_VERSION']}{f' from {index}' if index else ''}", highlight=False, markup=False)
     started = time.monotonic()
     with boxes.open_box(name) as engine, Status(f"building on {name}: sending context", console=console) as status:
         def on_line(line: str) -> None:
@@ -158,7 +174,7 @@ def provision(
             status.update(f"building on {name} ({time.monotonic() - started:.0f} s): {line[:100]}")
 
         image = boxes.provision(engine, box, root, variant=variant, overrides=build_arg, dockerfile=dockerfile,
-                                tag=tag, on_line=on_line, network_mode=network)
+                                tag=tag, on_line=on_line, network_mode=network, matched=matched)
         status.stop()
         console.print(f"[green]built[/] {image} on {name} in {time.monotonic() - started:.0f} s", highlight=False)
         if check_after:
