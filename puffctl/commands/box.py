@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from puffctl.errors import PuffctlError
@@ -53,10 +54,17 @@ def set_(
 
 
 @group.command("list")
-def list_() -> None:
-    """Every box: reachable?, Docker version, GPUs, driver/CUDA (from the last check), puffctl containers."""
+def list_(
+    gpus: bool = typer.Option(False, "--gpus", help="The fleet view: per box, per GPU, model, memory used, "
+                              "utilization, whose container or run holds it; idle GPUs flagged (runs nvidia-smi now)."),
+) -> None:
+    """Every box: owner, reachable?, Docker version, GPUs, driver/CUDA (from the last check), puffctl containers."""
     from puffctl import boxes
     from puffctl.gpu import GPUReport
+
+    if gpus:
+        _fleet()
+        return
 
     statuses = boxes.list_status()
     if not statuses:
@@ -85,6 +93,31 @@ def list_() -> None:
     for status in statuses:
         if not status.reachable:
             console.print(f"[red]unreachable[/] {status.error}", highlight=False, soft_wrap=True)
+
+
+def _fleet() -> None:
+    from puffctl import fleet
+
+    found = fleet.fleet()
+    if not found:
+        console.print("no boxes yet: puffctl box add NAME --host ssh://user@host")
+        return
+    table = Table(title="fleet")
+    for column in ("box", "owner", "gpu", "model", "memory used", "util", "held by", ""):
+        table.add_column(column, justify="right" if column in ("gpu", "memory used", "util") else "left")
+    idle = 0
+    for entry in found:
+        for slot in entry.slots:
+            idle += slot.idle
+            table.add_row(entry.box.name, entry.box.owner or "-", str(slot.index), slot.name,
+                          f"{slot.memory_used_mib / 1024:.1f} / {slot.memory_mib / 1024:.0f} GiB",
+                          "-" if slot.utilization is None else f"{slot.utilization}%",
+                          ", ".join(slot.holders) or "-", "[green]idle[/]" if slot.idle else "")
+        if entry.error:
+            table.add_row(entry.box.name, entry.box.owner or "-", "-", f"[yellow]{escape(entry.error)}[/]",
+                          "", "", "", "")
+    console.print(table)
+    console.print(f"{idle} idle GPU(s) of {sum(len(entry.slots) for entry in found)}", highlight=False)
 
 
 def _age(then: float) -> str:
