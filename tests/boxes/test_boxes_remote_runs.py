@@ -211,3 +211,18 @@ def test_gpu_option_and_box_checks(config_dir):
     boxes.record_health("gpu", {"status": "unhealthy", "failed": ["gpus"]})
     with pytest.raises(PuffctlError, match="failed its last check"):
         remote.check_box("gpu", None)
+
+
+def test_container_info_reads_the_image_python_packages_and_workspace(ssh_box, cli):
+    from puffctl import containers
+
+    with boxes.open_box("lab") as engine:
+        synced = containers.sync(engine, "dev", REPO)
+    result = cli("container", "info", "lab")
+    assert result.exit_code == 0, result.output
+    import torch
+
+    assert "puffctl-test/python:1" in result.output and f"python     {sys.version.split()[0]}" in result.output
+    assert f"torch {torch.__version__}" in result.output and "gymnasium" in result.output
+    assert f"workspace  {synced.source['commit']}" in result.output
+    assert "extension" in result.output and "MiB in /workspace" in result.output
