@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from puffctl.commands import box, container, profile, runs, toolchain, train
+from puffctl.commands import ablate, box, container, profile, runs, toolchain, train
 from puffctl.errors import PuffctlError
 
 app = typer.Typer(
@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for group in (toolchain, train, runs, profile, box, container):
+for group in (toolchain, train, runs, profile, box, container, ablate):
     group.register(app)
 
 

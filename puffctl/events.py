@@ -40,6 +40,22 @@ def read_events(path: Path) -> list[dict]:
     return [event for event in map(parse_line, text.splitlines()) if event is not None]
 
 
+def read_from(path: Path, offset: int, *, final: bool = False) -> tuple[list[dict], int]:
+    """The complete events from byte `offset` on, and the offset after the last complete line.
+
+    A last line without its newline waits (the writer may be mid-line) unless `final`.
+    """
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return [], offset
+    end = len(chunk) if final else chunk.rfind(b"\n") + 1
+    lines = chunk[:end].decode("utf-8", errors="replace").split("\n")
+    return [event for event in map(parse_line, lines) if event is not None], offset + end
+
+
 class Tail:
     """Reads the events appended to a file since the last call; a partial last line waits."""
 

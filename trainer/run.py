@@ -164,7 +164,7 @@ class Run:
             return self._loop(trainer, profiler, Utilization(device.type), LOSS_KEYS)
         except Diverged as error:
             reason = f"{error} (try a lower train.learning_rate); last good checkpoint kept"
-            self._end(trainer, "failed", reason, self.final_metrics)
+            self._end(trainer, "failed", reason, self.final_metrics, cause="diverged")
             return EXIT_FAILED
         except ConfigError as error:
             events.update_status(status="failed", reason=str(error))
@@ -172,7 +172,7 @@ class Run:
         except Exception as error:  # noqa: BLE001 - a crash still ends the stream
             traceback.print_exc(file=sys.stderr)
             reason = f"{type(error).__name__}: {error}".splitlines()[0]
-            self._end(trainer, "failed", reason, self.final_metrics)
+            self._end(trainer, "failed", reason, self.final_metrics, cause="error")
             return EXIT_FAILED
         finally:
             for sig, handler in previous.items():
@@ -235,12 +235,12 @@ class Run:
                                            "a resume restarts its episodes")
         self.events.emit("checkpoint", path=str(path), epoch=trainer.epoch, agent_steps=trainer.agent_steps)
 
-    def _end(self, trainer, status: str, reason: str | None, metrics: dict) -> None:
+    def _end(self, trainer, status: str, reason: str | None, metrics: dict, cause: str | None = None) -> None:
         epoch = trainer.epoch if trainer is not None else self.events.status["epoch"]
         steps = trainer.agent_steps if trainer is not None else self.events.status["agent_steps"]
         if reason and status == "failed":
             self.events.message("error", reason)
-        self.events.emit("end", status=status, reason=reason, epoch=epoch, agent_steps=steps, metrics=metrics)
+        self.events.emit("end", status=status, reason=reason, cause=cause, epoch=epoch, agent_steps=steps, metrics=metrics)
         self.events.update_status(status=status, reason=reason, epoch=epoch, agent_steps=steps)
 
 

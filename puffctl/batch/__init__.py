@@ -1,0 +1,1 @@
+"""The batch engine: spec -> cells (stable ids) -> state file -> run/resume -> report."""
