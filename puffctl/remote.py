@@ -77,6 +77,8 @@ if pid and pid.isdigit():
         pass
     except PermissionError:
         alive = True
+if os.path.exists("lease"):
+    os.utime("lease")  # whoever asks keeps a leased run alive (see LEASE)
 exit_code = read("%s")
 try:
     status = json.loads(read("status.json") or "{}").get("status")
@@ -85,6 +87,40 @@ except ValueError:
 print(json.dumps({"exit": int(exit_code) if exit_code and exit_code.lstrip("-").isdigit() else None,
                   "alive": alive, "status": status}))
 """ % (PID_FILE, EXIT_FILE)
+
+
+# Runs next to a leased trainer: when nobody has touched ./lease for `timeout` seconds (the
+# orchestrator lost the box), ask the trainer to checkpoint and stop, and kill it 30 s later.
+LEASE = """\
+import os, signal, sys, time
+timeout = float(sys.argv[1])
+while not os.path.exists("%s"):
+    time.sleep(1)
+    try:
+        age = time.time() - os.stat("lease").st_mtime
+    except FileNotFoundError:
+        continue
+    if age > timeout:
+        pid = int(open("%s").read())
+        os.kill(pid, signal.SIGINT)
+        for _ in range(30):
+            time.sleep(1)
+            if os.path.exists("%s"):
+                sys.exit(0)
+        os.kill(pid, signal.SIGKILL)
+        break
+""" % (EXIT_FILE, PID_FILE, EXIT_FILE)
+
+# Prints the bytes of a file from an offset to its end (nothing if it does not exist yet).
+READ_FROM = """\
+import sys
+try:
+    with open(sys.argv[1], "rb") as handle:
+        handle.seek(int(sys.argv[2]))
+        sys.stdout.buffer.write(handle.read())
+except FileNotFoundError:
+    pass
+"""
 
 
 @dataclass(frozen=True)
@@ -149,6 +185,14 @@ def running_container(engine: Engine, name: str):
     return container
 
 
+def python_runs(engine: Engine, name: str) -> bool:
+    """True if `python` starts in my dev container NAME (what every remote run needs)."""
+    from puffctl import containers
+
+    container = running_container(engine, name)
+    return containers.run(engine, container.id, ["python", "-c", "pass"], lambda kind, data: None) == 0
+
+
 def synced_source(engine: Engine, name: str, repo: Path) -> tuple[dict, float | None]:
     """Sync the git-tracked code unless the workspace already holds exactly it; (provenance, sync seconds or None)."""
     from puffctl import containers
@@ -177,29 +221,56 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def start(engine: Engine, path: Path, container_name: str, gpus: str | None, source: dict) -> Remote:
-    """Put the run's config on the box and start the trainer there, detached; record where in launch.json."""
+def start(engine: Engine, path: Path, container_name: str, gpus: str | None, source: dict, *,
+          remote_name: str | None = None, resume: bool = False, lease: float | None = None) -> Remote:
+    """Put the run's config on the box and start the trainer there, detached; record where in launch.json.
+
+    `remote_name`: the directory under /workspace/runs (default: the run id). `resume`: continue
+    from the checkpoints already there. `lease`: the trainer stops itself when nobody has asked
+    about it (probe) for that many seconds.
+    """
     from puffctl import containers
 
     container = running_container(engine, container_name)
-    remote_dir = f"{REMOTE_ROOT}/{path.name}"
-    files = {f"{path.name}/config.yaml": (path / "config.yaml").read_bytes(),
-             f"{path.name}/source.json": json.dumps(source, indent=2).encode() + b"\n"}
+    name = remote_name or path.name
+    remote_dir = f"{REMOTE_ROOT}/{name}"
+    files = {f"{name}/config.yaml": (path / "config.yaml").read_bytes(),
+             f"{name}/source.json": json.dumps(source, indent=2).encode() + b"\n"}
+    if lease is not None:
+        files[f"{name}/lease"] = b""
     container.exec_run(["mkdir", "-p", REMOTE_ROOT])
+    if not resume:
+        container.exec_run(["rm", "-rf", "--", remote_dir])
+    else:
+        container.exec_run(["rm", "-f", "--", f"{remote_dir}/{EXIT_FILE}"])
     if not container.put_archive(REMOTE_ROOT, _tar_of(files)):
         raise PuffctlError(f"box {engine.box}: could not write {remote_dir} in {container.name}", exit_code=1)
     runs.write_json(path / "source.json", source)
     env = {"PYTHONPATH": containers.WORKSPACE, "PYTHONUNBUFFERED": "1"}
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus
-    command = ["sh", "-c", f"echo $$ > {PID_FILE} && exec python -m trainer --config config.yaml --run-dir ."]
+    trainer = "python -m trainer --config config.yaml --run-dir ." + (" --resume" if resume else "")
+    command = ["sh", "-c", f"echo $$ > {PID_FILE} && exec {trainer}"]
     exec_id = containers.exec_detached(engine, container.id, command, f"{remote_dir}/stdout.log", env=env,
                                        workdir=remote_dir)
+    if lease is not None:
+        engine.client.api.exec_start(engine.client.api.exec_create(
+            container.id, ["python", "-c", LEASE, str(lease)], workdir=remote_dir)["Id"], detach=True)
     remote = Remote(engine.box, container_name, container.id, remote_dir, gpus)
     launch = runs.read_json(path / runs.LAUNCH_FILE)
     launch.update(remote={**remote.__dict__, "exec_id": exec_id, "started": time.time()}, host=f"box:{engine.box}")
     runs.write_json(path / runs.LAUNCH_FILE, launch)
     return remote
+
+
+def read_new(engine: Engine, remote: Remote, offset: int) -> bytes:
+    """The bytes of the remote events.jsonl from `offset` to its current end."""
+    from puffctl import containers
+
+    chunks: list[bytes] = []
+    containers.run(engine, remote.container_id, ["python", "-c", READ_FROM, remote.events, str(offset)],
+                   lambda kind, data: chunks.append(data) if kind == "stdout" else None, workdir=remote.dir)
+    return b"".join(chunks)
 
 
 def stop(engine: Engine, remote: Remote, at_once: bool = False) -> bool:
