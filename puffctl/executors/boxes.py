@@ -62,11 +62,13 @@ class BoxExecutor(Executor):
     def _engine(self, name: str):
         """The box's open connection, (re)connecting if needed; PuffctlError if it cannot be reached."""
         from puffctl import boxes
+        from puffctl.engine import connect
 
         box = self._boxes.setdefault(name, _Box(name))
         if box.engine is None:
             try:
-                box.engine = boxes.open_box(name).__enter__()
+                registered = boxes.get_box(name)
+                box.engine = connect(registered.name, registered.host)
             except PuffctlError:
                 box.down_since = box.down_since or time.monotonic()
                 raise

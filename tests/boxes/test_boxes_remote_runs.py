@@ -231,3 +231,61 @@ def test_container_info_reads_the_image_python_packages_and_workspace(ssh_box, c
     assert f"torch {torch.__version__}" in result.output and "gymnasium" in result.output
     assert f"workspace  {synced.source['commit']}" in result.output
     assert "extension" in result.output and "MiB in /workspace" in result.output
+
+
+@pytest.mark.deadline(400)
+def test_ablate_on_two_boxes_uses_every_slot_and_skips_unhealthy_boxes(ssh_box, docker_engine, tmp_path):
+    import yaml
+
+    env, _ = ssh_box
+    boxes.add_box("lab2", docker_engine.url, cpu_only=True)  # the same engine, reached over unix://: a second box
+    boxes.add_box("sick", docker_engine.url, cpu_only=True)
+    boxes.record_health("sick", {"status": "unhealthy", "failed": ["disk"]})
+    boxes.add_box("gone", "unix:///nonexistent/docker.sock", cpu_only=True)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "spread", "steps": 4096, "seeds": 1, "retries": 0, "where": "boxes",
+                                    "variants": [{"label": "puff", "profile": "baseline"},
+                                                 {"label": "gae", "profile": "baseline",
+                                                  "set": {"train.advantage": "gae"}}]}))
+    done = subprocess.run([sys.executable, "-m", "puffctl", "ablate", "run", str(spec), "--dir",
+                           str(tmp_path / "ablations")], env=env, cwd=REPO, capture_output=True, text=True, timeout=380)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "box sick skipped: failed its last check (disk)" in output
+    assert "box gone skipped:" in output and "2 cells on 2 slot(s)" in output
+    cells = runs.read_json(tmp_path / "ablations" / "spread" / "state.json")["cells"]
+    assert {c["status"] for c in cells.values()} == {"completed"} and len(cells) == 2
+    assert {c["slot"] for c in cells.values()} == {"lab/cpu0", "lab2/cpu0"}
+    for cell_id in cells:
+        run = runs.get_run(tmp_path / "ablations" / "spread" / "runs", cell_id)
+        assert run.status == "completed" and run.checkpoint_files()  # copied back from the box
+
+
+def test_a_leased_trainer_stops_itself_when_nobody_renews_the_lease(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    (tmp_path / remote.PID_FILE).write_text(str(sleeper.pid))
+    (tmp_path / "lease").write_text("")
+    old = time.time() - 10
+    os.utime(tmp_path / "lease", (old, old))
+    watcher = subprocess.Popen([sys.executable, "-c", remote.LEASE, "2"], cwd=tmp_path)
+    assert sleeper.wait(timeout=10) == -signal.SIGINT  # asked to checkpoint and stop
+    (tmp_path / remote.EXIT_FILE).write_text("130\n")
+    assert watcher.wait(timeout=10) == 0
+
+
+def test_a_cell_whose_box_stays_away_is_reassigned_after_the_limit(config_dir):
+    from puffctl.executors.boxes import BoxExecutor, parse_duration
+
+    boxes.add_box("gone", "unix:///nonexistent/docker.sock", cpu_only=True)
+    handle = {"executor": "boxes", "box": "gone", "slot": "gone/cpu0", "run_dir": "/nonexistent",
+              "remote": {"box": "gone", "container": "dev", "container_id": "0" * 64, "dir": "/workspace/runs/x"}}
+    patient = BoxExecutor(["gone"], on_line=lambda text: None)
+    assert patient.poll(handle) is None  # away: re-attached when it returns
+    hasty = BoxExecutor(["gone"], reassign_after=0.5, on_line=lambda text: None)
+    assert hasty.poll(handle) is None
+    time.sleep(1.1)
+    exited = hasty.poll(handle)
+    assert exited is not None and exited.returncode is None and "reassigned" in exited.detail
+    assert parse_duration("10m") == 600 and parse_duration("90") == 90
+    with pytest.raises(PuffctlError, match="bad duration"):
+        parse_duration("soon")
