@@ -214,6 +214,11 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+        directories = sorted({str(parent) for name in files for parent in Path(name).parents if str(parent) != "."})
+        for directory in directories:
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+            tar.addfile(info)
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
@@ -234,16 +239,15 @@ def start(engine: Engine, path: Path, container_name: str, gpus: str | None, sou
     container = running_container(engine, container_name)
     name = remote_name or path.name
     remote_dir = f"{REMOTE_ROOT}/{name}"
-    files = {f"{name}/config.yaml": (path / "config.yaml").read_bytes(),
-             f"{name}/source.json": json.dumps(source, indent=2).encode() + b"\n"}
+    top = Path(REMOTE_ROOT).relative_to(containers.WORKSPACE)
+    files = {f"{top}/{name}/config.yaml": (path / "config.yaml").read_bytes(),
+             f"{top}/{name}/source.json": json.dumps(source, indent=2).encode() + b"\n"}
     if lease is not None:
-        files[f"{name}/lease"] = b""
-    container.exec_run(["mkdir", "-p", REMOTE_ROOT])
-    if not resume:
-        container.exec_run(["rm", "-rf", "--", remote_dir])
-    else:
-        container.exec_run(["rm", "-f", "--", f"{remote_dir}/{EXIT_FILE}"])
-    if not container.put_archive(REMOTE_ROOT, _tar_of(files)):
+        files[f"{top}/{name}/lease"] = b""
+    if remote_name is not None:  # a name that may have run before (a batch cell's next attempt)
+        stale = f"{remote_dir}/{EXIT_FILE}" if resume else remote_dir
+        container.exec_run(["rm", "-rf", "--", stale])
+    if not container.put_archive(containers.WORKSPACE, _tar_of(files)):
         raise PuffctlError(f"box {engine.box}: could not write {remote_dir} in {container.name}", exit_code=1)
     runs.write_json(path / "source.json", source)
     env = {"PYTHONPATH": containers.WORKSPACE, "PYTHONUNBUFFERED": "1"}
