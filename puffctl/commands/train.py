@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -180,7 +181,7 @@ def watch_remote(path: Path, where, state, offset: int, *, quiet: bool, stop_on_
 
     fit_width(console)
     tail = Tail(path / "events.jsonl", offset)
-    board = None if quiet else Dashboard(console)
+    board = None
 
     def show() -> None:
         for event in tail.read():
@@ -192,16 +193,21 @@ def watch_remote(path: Path, where, state, offset: int, *, quiet: bool, stop_on_
                 if line:
                     console.print(line, markup=False, highlight=False)
 
-    def reconnecting(why: str) -> None:
-        state.message = ("warning", f"connection to {where.box} lost; reconnecting ({why})")
+    def warn(text: str) -> None:
+        state.message = ("warning", text)
         if board is not None:
-            board.update(state, {"type": "message", "level": "warning", "text": state.message[1]})
+            board.update(state, {"type": "message", "level": "warning", "text": text})
+        else:
+            console.print(f"warning: {text}", markup=False, highlight=False)
+
+    def reconnecting(why: str) -> None:
+        warn(f"connection to {where.box} lost; reconnecting ({why})")
 
     stopping = False
-    if board is not None:
-        board.__enter__()
-        board.start(state)
-    try:
+    with contextlib.ExitStack() as stack:
+        board = None if quiet else stack.enter_context(Dashboard(console))
+        if board is not None:
+            board.start(state)
         while True:
             try:
                 returncode = remote.follow(path, where, show, on_reconnect=reconnecting)
@@ -216,16 +222,13 @@ def watch_remote(path: Path, where, state, offset: int, *, quiet: bool, stop_on_
                 stopping = True
                 with boxes.open_box(where.box) as engine:
                     remote.stop(engine, where)
-                reconnecting("stopping: the trainer checkpoints and exits (Ctrl-C again to detach)")
+                warn("stopping: the trainer checkpoints and exits (Ctrl-C again to detach)")
         for event in tail.finish():
             state.apply(event)
         with boxes.open_box(where.box) as engine:
             remote.copy_back(engine, path, where)
         if board is not None:
             board.stop(state)
-    finally:
-        if board is not None:
-            board.__exit__(None, None, None)
     if returncode != 0 and not state.finished:
         from puffctl.launch import last_line
 
