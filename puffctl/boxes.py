@@ -41,6 +41,24 @@ VARIANTS: dict[str, dict[str, str]] = {
     "cpu": {"BASE_IMAGE": "ubuntu:22.04", "IMAGE_CUDA": "", "TORCH_VERSION": "2.6.0"},
 }
 
+# Known CUDA devel bases, newest first, with the torch release built for that CUDA ("cuXYZ" wheels).
+# The minimum driver of each CUDA is gpu.MIN_DRIVER_FOR_CUDA's. `default_wheel`: the default
+# index's torch is this CUDA build; others need PyTorch's own wheel index (--torch-index).
+CUDA_BASES: tuple[dict[str, str | bool], ...] = (
+    {"cuda": "12.8", "base": "nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04", "torch": "2.7.1", "wheel": "cu128",
+     "default_wheel": False},
+    {"cuda": "12.6", "base": "nvidia/cuda:12.6.3-cudnn-devel-ubuntu22.04", "torch": "2.7.1", "wheel": "cu126",
+     "default_wheel": True},
+    {"cuda": "12.4", "base": "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04", "torch": "2.6.0", "wheel": "cu124",
+     "default_wheel": True},
+    {"cuda": "12.1", "base": "nvidia/cuda:12.1.1-cudnn8-devel-ubuntu22.04", "torch": "2.5.1", "wheel": "cu121",
+     "default_wheel": False},
+    {"cuda": "11.8", "base": "nvidia/cuda:11.8.0-cudnn8-devel-ubuntu22.04", "torch": "2.5.1", "wheel": "cu118",
+     "default_wheel": False},
+)
+LABEL_BASE, LABEL_TORCH, LABEL_DRIVER = "puffctl.base", "puffctl.torch", "puffctl.matched-driver"
+TORCH_INDEX_ENV = "PUFFCTL_TORCH_INDEX"  # root of PyTorch's wheel index; `<root>/cu118` etc. are tried
+
 _BOX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
@@ -75,6 +93,7 @@ class Box:
     cpu_only: bool = False
     added: float = 0.0
     health: dict = field(default_factory=dict)
+    owner: str = ""  # a note for the lab: whose box it is, who to ask
 
     @property
     def default_image(self) -> str:
@@ -103,12 +122,26 @@ def load_registry() -> dict[str, Box]:
         raise PuffctlError(f"box registry {path} is unreadable ({error}); fix or remove it", exit_code=1) from None
 
 
+@contextlib.contextmanager
+def update_registry() -> Iterator[dict[str, Box]]:
+    """Load, change and save the registry under an exclusive file lock: concurrent commands never lose an update."""
+    import fcntl
+
+    path = _registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(REGISTRY_FILE + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        boxes = load_registry()
+        yield boxes
+        save_registry(boxes)
+
+
 def save_registry(boxes: dict[str, Box]) -> None:
     """Write the registry atomically (temp file + rename) so a crash never leaves half a file."""
     path = _registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"boxes": {name: {"host": box.host, "cpu_only": box.cpu_only, "added": box.added,
-                             "health": box.health} for name, box in sorted(boxes.items())}}
+                             "health": box.health, "owner": box.owner} for name, box in sorted(boxes.items())}}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".boxes-", suffix=".json")
     with os.fdopen(fd, "w") as out:
         json.dump(data, out, indent=2)
@@ -116,27 +149,38 @@ def save_registry(boxes: dict[str, Box]) -> None:
     os.replace(tmp, path)
 
 
-def add_box(name: str, host: str, cpu_only: bool = False) -> Box:
+def add_box(name: str, host: str, cpu_only: bool = False, owner_note: str = "") -> Box:
     """Register a box (no connection made): the name must be new and safe, the host URL valid."""
     from puffctl.engine import parse_host
 
     validate_box_name(name)
     url = parse_host(host)
-    boxes = load_registry()
-    if name in boxes:
-        raise PuffctlError(f"box {name!r} already exists ({boxes[name].host}); `puffctl box rm {name}` first")
-    box = Box(name=name, host=str(url), cpu_only=cpu_only, added=time.time())
-    boxes[name] = box
-    save_registry(boxes)
+    with update_registry() as boxes:
+        if name in boxes:
+            raise PuffctlError(f"box {name!r} already exists ({boxes[name].host}); `puffctl box rm {name}` first")
+        box = Box(name=name, host=str(url), cpu_only=cpu_only, added=time.time(), owner=owner_note.strip())
+        boxes[name] = box
+    return box
+
+
+def set_box(name: str, host: str | None = None, owner_note: str | None = None, cpu_only: bool | None = None) -> Box:
+    """Change a registered box's host URL, owner note or CPU-only mark."""
+    from puffctl.engine import parse_host
+
+    url = str(parse_host(host)) if host is not None else None
+    with update_registry() as boxes:
+        box = get_box(name, boxes)
+        box.host = url or box.host
+        box.owner = box.owner if owner_note is None else owner_note.strip()
+        box.cpu_only = box.cpu_only if cpu_only is None else cpu_only
     return box
 
 
 def remove_box(name: str) -> Box:
     """Forget a box. Its containers stay on the box untouched."""
-    boxes = load_registry()
-    box = get_box(name, boxes)
-    del boxes[name]
-    save_registry(boxes)
+    with update_registry() as boxes:
+        box = get_box(name, boxes)
+        del boxes[name]
     return box
 
 
@@ -149,10 +193,9 @@ def get_box(name: str, boxes: dict[str, Box] | None = None) -> Box:
 
 
 def record_health(name: str, health: dict) -> None:
-    boxes = load_registry()
-    if name in boxes:
-        boxes[name].health = health
-        save_registry(boxes)
+    with update_registry() as boxes:
+        if name in boxes:
+            boxes[name].health = health
 
 
 @contextlib.contextmanager
@@ -439,15 +482,49 @@ def build_args(variant: str, overrides: list[str]) -> dict[str, str]:
     return args
 
 
+def match_driver(driver: str, torch_index: str | None = None) -> dict[str, str]:
+    """Build arguments for the newest known CUDA base this driver runs, with its torch build.
+
+    A one-line error when the driver is older than every known base, or when that torch build
+    lives only on PyTorch's wheel index and no index root was given.
+    """
+    from puffctl import gpu
+
+    for entry in CUDA_BASES:
+        needed = gpu.MIN_DRIVER_FOR_CUDA[str(entry["cuda"])]
+        if gpu._version(driver) < gpu._version(needed):
+            continue
+        args = {"BASE_IMAGE": str(entry["base"]), "IMAGE_CUDA": str(entry["cuda"]), "TORCH_VERSION": str(entry["torch"]),
+                "TORCH_INDEX_URL": ""}
+        if not entry["default_wheel"]:
+            if not torch_index:
+                raise PuffctlError(f"driver {driver} matches CUDA {entry['cuda']}, whose torch {entry['torch']} "
+                                   f"build ({entry['wheel']}) is on PyTorch's wheel index: pass --torch-index ROOT "
+                                   f"(or set {TORCH_INDEX_ENV})")
+            args["TORCH_INDEX_URL"] = f"{torch_index.rstrip('/')}/{entry['wheel']}"
+        return args
+    oldest = CUDA_BASES[-1]
+    raise PuffctlError(f"driver {driver} is older than every known CUDA base (the oldest, CUDA {oldest['cuda']}, "
+                       f"needs {gpu.MIN_DRIVER_FOR_CUDA[str(oldest['cuda'])]}): the box's admin must upgrade it")
+
+
 def provision(engine: Engine, box: Box, repo: Path, variant: str = "cuda", overrides: list[str] = (),
               dockerfile: str = DOCKERFILE, tag: str | None = None,
-              on_line: Callable[[str], None] = lambda line: None, network_mode: str | None = None) -> str:
-    """Build the dev image on the box from the repo's git-tracked files; return its tag."""
+              on_line: Callable[[str], None] = lambda line: None, network_mode: str | None = None,
+              matched: dict[str, str] | None = None) -> str:
+    """Build the dev image on the box from the repo's git-tracked files; return its tag.
+
+    `matched`: build arguments from match_driver, applied before the overrides and recorded as labels.
+    """
     import docker.errors
 
     from puffctl.archive import git_archive
 
-    args = build_args(variant, list(overrides))
+    args = build_args(variant, [*(f"{k}={v}" for k, v in (matched or {}).items()), *overrides])
+    labels = {LABEL_CUDA: args.get("IMAGE_CUDA", "")}
+    if matched is not None:
+        labels.update({LABEL_BASE: args.get("BASE_IMAGE", ""), LABEL_TORCH: args.get("TORCH_VERSION", ""),
+                       LABEL_DRIVER: (box.health.get("gpus") or {}).get("driver") or ""})
     tag = tag or dev_image(variant)
     archive = git_archive(repo)
     if dockerfile not in archive.files:
@@ -455,7 +532,7 @@ def provision(engine: Engine, box: Box, repo: Path, variant: str = "cuda", overr
     try:
         stream = engine.client.api.build(fileobj=archive.data, custom_context=True, dockerfile=dockerfile,
                                          tag=tag, buildargs=args, rm=True, forcerm=True, decode=True,
-                                         network_mode=network_mode, labels={LABEL_CUDA: args.get("IMAGE_CUDA", "")})
+                                         network_mode=network_mode, labels=labels)
         for event in stream:
             if "error" in event:
                 raise PuffctlError(f"box {box.name}: image build failed: {event['error'].strip()}", exit_code=1)

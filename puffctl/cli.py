@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("puffctl.commands.ablate", "Ablation batches: a YAML spec of variants x seeds run as ordinary runs, resumable, reported with seed-aggregated confidence intervals (docs/ablate.md)."),
     "sweep": ("puffctl.commands.sweep", "Hyperparameter sweeps: a YAML spec of searched keys (linear, log, logit, pow2, int spaces) tuned by Optuna (random, its default, or cost-aware), each trial a fresh run through the ablation engine, resumable, reported with the cost/score Pareto front (docs/sweep.md)."),
     "eval": ("puffctl.commands.evaluate", "Play a run's checkpoint without training: the eval score with a 95% CI, next to the training score."),
-    "runs": ("puffctl.commands.runs", "The local run store: list, show, tail, compare, pin, checkout, rm."),
+    "runs": ("puffctl.commands.runs", "The local run store: list, show, tail, attach, stop, compare, pin, checkout, rm."),
     "profile": ("puffctl.commands.profile", "Named training profiles (profiles/*.yaml): list, show, validate."),
     "build": ("puffctl.commands.toolchain", "Compile the C++/CUDA advantage ops, cached by source hash and torch/CUDA version."),
     "doctor": ("puffctl.commands.toolchain", "Check Python, torch, CUDA, nvcc, the C++ compiler and the extension; each with a hint."),

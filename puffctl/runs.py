@@ -25,7 +25,7 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LAUNCH_FILE = "launch.json"
 #: A finished run's folded events, keyed by the size and mtime of its events.jsonl (`runs list` speed).
 SUMMARY_FILE = ".summary.json"
-STATUSES = ("running", "completed", "failed", "interrupted", "lost", "created")
+STATUSES = ("running", "completed", "failed", "interrupted", "lost", "created", "unreachable")
 
 
 def runs_root(option: Path | None = None) -> Path:
@@ -192,6 +192,8 @@ def derive_status(state: RunState, status_file: dict, launch: dict, holder: dict
     recorded = status_file.get("status")
     if recorded in ("completed", "failed", "interrupted"):
         return str(recorded)
+    if isinstance(launch.get("remote"), dict) and recorded is None:
+        return "running"  # on its box; `runs list` asks the box (puffctl.remote.remote_statuses)
     owner = status_file if recorded == "running" else launch
     if owner.get("pid") is None:
         return "created"
@@ -250,10 +252,17 @@ def get_run(root: Path, run_id: str) -> Run:
     return load_run(run_dir(root, run_id))
 
 
+def check_status(status: str) -> str:
+    """`status` if it is one of STATUSES, else a one-line error."""
+    if status not in STATUSES:
+        raise PuffctlError(f"unknown status {status!r} (one of: {', '.join(STATUSES)})")
+    return status
+
+
 def list_runs(root: Path, *, status: str | None = None, profile: str | None = None) -> list[Run]:
     """Every run under `root`, newest first, optionally filtered by status and profile."""
-    if status is not None and status not in STATUSES:
-        raise PuffctlError(f"unknown status {status!r} (one of: {', '.join(STATUSES)})")
+    if status is not None:
+        check_status(status)
     if not root.is_dir():
         return []
     runs = [load_run(path) for path in root.iterdir() if path.is_dir() and RUN_ID.match(path.name)]

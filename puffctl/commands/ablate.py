@@ -20,6 +20,8 @@ ablate_app = typer.Typer(
 
 DirOption = typer.Option(None, "--dir", metavar="DIR", help="Ablations root (default: $PUFFCTL_ABLATIONS_DIR, else ./ablations).")
 SlotsOption = typer.Option(None, "--slots", min=1, help="Cells at once (default: the spec's slots, else cores / train.cpu_threads).")
+WhereOption = typer.Option(None, "--where", metavar="local|boxes|B1,B2", help="Where cells run (default: the spec's where, else local): boxes = every healthy registered box, one cell per free GPU (per_gpu in the spec for more).")
+ReassignOption = typer.Option(None, "--reassign-after", metavar="DURATION", help="With boxes: restart a cell elsewhere once its box has been unreachable this long (e.g. 10m); it stops itself there first.")
 RetryFailed = typer.Option(False, "--retry-failed", help="Also rerun cells whose run failed by divergence (a result otherwise).")
 STATUS_STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "failed": "bold red", "crashed": "red",
                 "interrupted": "yellow"}
@@ -40,6 +42,8 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate every cell, print them and the estimated time; start nothing."),
     retry_failed: bool = RetryFailed,
     root: Optional[Path] = DirOption,
+    where: Optional[str] = WhereOption,
+    reassign_after: Optional[str] = ReassignOption,
 ) -> None:
     """Validate the spec, create the batch ablations/NAME/ and run its cells with a live table.
 
@@ -55,9 +59,10 @@ def run(
     if dry_run:
         _print_plan(planned, count)
         return
+    executor = _executor(planned.spec, where, reassign_after, count)
     batch = engine.create(state.ablations_root(root), planned)
-    console.print(f"batch [bold]{escape(batch.name)}[/]: {len(batch.cells)} cells on {count} slot(s) in {escape(str(batch.path))}", highlight=False)
-    raise typer.Exit(_run_batch(batch, count, retry_failed))
+    console.print(f"batch [bold]{escape(batch.name)}[/]: {len(batch.cells)} cells on {len(executor.slots())} slot(s) in {escape(str(batch.path))}", highlight=False)
+    raise typer.Exit(_run_batch(batch, executor, retry_failed))
 
 
 @ablate_app.command("resume")
@@ -66,6 +71,8 @@ def resume(
     slots: Optional[int] = SlotsOption,
     retry_failed: bool = RetryFailed,
     root: Optional[Path] = DirOption,
+    where: Optional[str] = WhereOption,
+    reassign_after: Optional[str] = ReassignOption,
 ) -> None:
     """Continue a batch: run only missing, crashed, interrupted or lost cells; re-adopt live ones."""
     from puffctl.batch import engine, state
@@ -73,7 +80,26 @@ def resume(
     batch = state.open_batch(state.ablations_root(root), name)
     engine.resume_check(batch, retry_failed=retry_failed)
     count = slots or batch.spec.slots or engine.default_slots(batch.cells)
-    raise typer.Exit(_run_batch(batch, count, retry_failed))
+    raise typer.Exit(_run_batch(batch, _executor(batch.spec, where, reassign_after, count), retry_failed))
+
+
+def _executor(spec, where: Optional[str], reassign_after: Optional[str], count: int):
+    """The local executor with `count` slots, or the box executor for `where: boxes` / box names."""
+    from puffctl.executors import boxes
+
+    names = boxes.parse_where(where if where is not None else spec.raw.get("where"))
+    seconds = boxes.parse_duration(reassign_after)
+    if names is None:
+        if seconds is not None:
+            raise PuffctlError("--reassign-after goes with cells on boxes (--where boxes)")
+        from puffctl.executors.local import LocalExecutor
+
+        return LocalExecutor(count)
+    per_gpu = spec.raw.get("per_gpu", 1)
+    if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
+        raise PuffctlError(f"per_gpu={per_gpu!r} must be a whole number >= 1")
+    return boxes.BoxExecutor(names, per_gpu=per_gpu, cpu_slots=per_gpu, reassign_after=seconds,
+                             on_line=lambda text: console.print(text, markup=False, highlight=False))
 
 
 def _print_plan(planned, slots: int) -> None:
@@ -93,18 +119,15 @@ def _print_plan(planned, slots: int) -> None:
                   f"and {human_count(engine.GUESS_SPS)} SPS per cell, a CartPole cell on one CPU core)", highlight=False)
 
 
-def _run_batch(batch, slots: int, retry_failed: bool) -> int:
+def _run_batch(batch, executor, retry_failed: bool) -> int:
     """Run the engine with the live table (a terminal) or one line per change; the exit code."""
     from rich.live import Live
 
     from puffctl.batch.engine import Engine
     from puffctl.build import ensure_built
     from puffctl.dashboard import fit_width
-    from puffctl.executors.local import LocalExecutor
-
     fit_width(console)
     ensure_built(console)  # once for the batch, as `puffctl train` does for a run
-    executor = LocalExecutor(slots)
     if console.is_terminal:
         with Live(console=console, auto_refresh=False, transient=False) as live:
             last = [0.0]

@@ -38,6 +38,40 @@ def up(
                   f"gpus {container.gpus}); next: puffctl container sync {box_name}/{container.name}", highlight=False)
 
 
+@group.command("info")
+def info(target: str = typer.Argument(..., metavar="BOX[/NAME]", help=TARGET_HELP)) -> None:
+    """Image and build args (CUDA, torch), Python and key packages inside, workspace commit, extension, disk."""
+    from puffctl import boxes, containers
+    from puffctl.container_info import container_info
+
+    box_name, name = containers.parse_target(target)
+    with boxes.open_box(box_name) as engine:
+        found = container_info(engine, name)
+    labels = found.labels
+    console.print(f"[bold]{box_name}/{found.name}[/] ({found.engine_name}): {found.status}", highlight=False)
+    console.print(f"[bold]image[/]      {found.image} ({found.image_id}); CUDA {labels.get('puffctl.cuda') or '-'}, "
+                  f"torch {labels.get('puffctl.torch') or '-'}"
+                  + (f", base {labels['puffctl.base']}" if labels.get("puffctl.base") else ""), highlight=False)
+    inside = found.inside
+    if not inside:
+        console.print("[dim]not running: start it with `puffctl container up` to see inside[/]")
+        return
+    packages = ", ".join(f"{k} {v}" for k, v in inside["packages"].items() if v) or "-"
+    console.print(f"[bold]python[/]     {inside['python']} ({inside['executable']})", highlight=False)
+    console.print(f"[bold]packages[/]   {packages}", highlight=False)
+    source = inside.get("source")
+    if source:
+        dirty = f"dirty (diff sha256 {str(source.get('diff_hash'))[:12]})" if source.get("dirty") else "clean"
+        console.print(f"[bold]workspace[/]  {source.get('commit')} {dirty}", highlight=False)
+    else:
+        console.print(f"[bold]workspace[/]  never synced (`puffctl container sync {box_name}/{found.name}`)", highlight=False)
+    extension = inside.get("extension")
+    built = "not built (the trainer uses the pure-torch ops)" if not extension else \
+        extension.get("error") or f"{extension['flavor']} build at {extension['path']}"
+    console.print(f"[bold]extension[/]  {built}", highlight=False)
+    console.print(f"[bold]disk[/]       {inside['workspace_bytes'] / 2**20:.1f} MiB in /workspace", highlight=False)
+
+
 @group.command("ls")
 def ls(box_name: str = typer.Argument(None, metavar="[BOX]", help="One box (default: every registered box).")) -> None:
     """puffctl dev containers of every owner, yours marked."""

@@ -14,10 +14,11 @@ from rich.table import Table
 from puffctl.errors import PuffctlError
 
 console = Console()
-runs_app = typer.Typer(help="The local run store: list, show, tail, compare, pin, checkout, rm.\n\nRuns live in ./runs, $PUFFCTL_RUNS_DIR or --runs-dir.", no_args_is_help=True)
+runs_app = typer.Typer(help="The local run store: list, show, tail, attach, stop, compare, pin, checkout, rm.\n\nRuns live in ./runs, $PUFFCTL_RUNS_DIR or --runs-dir.", no_args_is_help=True)
 
 RunsDir = typer.Option(None, "--runs-dir", help="Runs root (default: $PUFFCTL_RUNS_DIR, else ./runs).")
-STATUS_STYLE = {"running": "cyan", "completed": "green", "failed": "bold red", "interrupted": "yellow", "lost": "red"}
+STATUS_STYLE = {"running": "cyan", "completed": "green", "failed": "bold red", "interrupted": "yellow", "lost": "red",
+                "unreachable": "magenta"}
 
 
 def _when(stamp: float | None) -> str:
@@ -26,19 +27,24 @@ def _when(stamp: float | None) -> str:
 
 @runs_app.command("list")
 def list_runs(
-    status: Optional[str] = typer.Option(None, "--status", help="Only runs in this status: running, completed, failed, interrupted, lost."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only runs in this status: running, completed, failed, interrupted, lost, unreachable (a box run whose box does not answer)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Only runs launched from this profile."),
     runs_dir: Optional[Path] = RunsDir,
 ) -> None:
     """Table of runs, newest first: id, profile, env, status, steps, SPS, best return, started, duration."""
-    from puffctl import runs
+    from puffctl import remote, runs
     from puffctl.dashboard import fit_width, human_count, human_duration, human_value
 
     fit_width(console)
     root = runs.runs_root(runs_dir)
-    found = runs.list_runs(root, status=status, profile=profile)
+    found = runs.list_runs(root, profile=profile)
+    for run_id, now in remote.remote_statuses(found).items():
+        next(run for run in found if run.run_id == run_id).status = now
+    if status is not None:
+        runs.check_status(status)
+        found = [run for run in found if run.status == status]
     table = Table(title=f"runs in {escape(str(root))}")
-    for column in ("id", "profile", "env", "status", "steps", "SPS", "best return", "started", "duration"):
+    for column in ("id", "profile", "env", "box", "status", "steps", "SPS", "best return", "started", "duration"):
         table.add_column(column, justify="right" if column in ("steps", "SPS", "best return", "duration") else "left")
     for run in found:
         state = run.state
@@ -46,6 +52,7 @@ def list_runs(
             run.run_id,
             run.profile or "-",
             run.env_name or "-",
+            (run.launch.get("remote") or {}).get("box", "-"),
             f"[{STATUS_STYLE.get(run.status, 'none')}]{run.status}[/]",
             human_count(state.agent_steps),
             human_count(state.sps),
@@ -250,6 +257,57 @@ def checkout(
         raise PuffctlError(f"checkout of {path.name}: {error}") from None
     state = "with its uncommitted changes" if source.info.get("dirty") else "clean"
     console.print(f"checked out {escape(path.name)} at {source.info['commit'][:12]} ({state}) in {escape(str(restored))}", highlight=False)
+
+
+def _remote_run(run_id: str, runs_dir: Optional[Path]):
+    from puffctl import remote, runs
+
+    run = runs.get_run(runs.runs_root(runs_dir), run_id)
+    where = remote.Remote.of(run.launch)
+    if where is None:
+        raise PuffctlError(f"run {run_id!r} ran on this machine, not on a box; follow it with `puffctl runs tail {run_id} -f`")
+    return run, where
+
+
+@runs_app.command("attach")
+def attach(
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="No table: print only warnings and the final line."),
+    stop_on_interrupt: bool = typer.Option(False, "--stop-on-interrupt", help="Ctrl-C stops the run (checkpoint first) instead of detaching."),
+    runs_dir: Optional[Path] = RunsDir,
+) -> None:
+    """Re-attach to a run on a box: the table resumes where the local copy of its events ends.
+
+    When the run has ended its directory is copied back into the local run store.
+    """
+    from puffctl import launch
+    from puffctl.commands.train import watch_remote
+
+    run, where = _remote_run(run_id, runs_dir)
+    if run.launch["remote"].get("copied_back"):
+        raise PuffctlError(f"run {run_id!r} ended and is already copied back; see `puffctl runs show {run_id}`")
+    state, offset = launch.history(run.path)
+    raise typer.Exit(watch_remote(run.path, where, state, offset, quiet=no_dashboard,
+                                  stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir))
+
+
+@runs_app.command("stop")
+def stop(
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    now: bool = typer.Option(False, "--now", help="Kill it at once instead of letting it checkpoint."),
+    runs_dir: Optional[Path] = RunsDir,
+) -> None:
+    """Stop a run on a box the way Ctrl-C stops a local one: it checkpoints, then exits (status interrupted)."""
+    from puffctl import boxes, remote
+
+    run, where = _remote_run(run_id, runs_dir)
+    with boxes.open_box(where.box) as engine:
+        facts = remote.probe(engine, where)
+        if not facts["alive"]:
+            raise PuffctlError(f"run {run_id!r} is not running on {where.box} (status {facts['status'] or 'unknown'})")
+        remote.stop(engine, where, at_once=now)
+    console.print(f"asked {run_id} on {where.box} to {'stop at once' if now else 'checkpoint and stop'}; "
+                  f"`puffctl runs attach {run_id}` follows it to the end and copies it back", highlight=False)
 
 
 @runs_app.command("rm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,6 +31,10 @@ def train(
     detach: bool = typer.Option(False, "--detach", help="Start the run and return; watch it with `puffctl runs tail RUN -f`."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="No table: print only the run id, warnings and the final line."),
     against: Optional[str] = typer.Option(None, "--against", metavar="RUN", help="Show a reference run's metric at the same step, with the difference: a pinned name (`puffctl runs pin`), run id or run dir. Default: the profile's `reference:`."),
+    box: Optional[str] = typer.Option(None, "--box", metavar="BOX", help="Train on this box, in your dev container there (code synced first); Ctrl-C detaches, the run goes on."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", metavar="i|i,j", help="With --box: the GPU(s) the trainer sees (CUDA_VISIBLE_DEVICES)."),
+    container: str = typer.Option("dev", "--container", metavar="NAME", help="With --box: your dev container to train in."),
+    stop_on_interrupt: bool = typer.Option(False, "--stop-on-interrupt", help="With --box: Ctrl-C stops the run (checkpoint first) instead of detaching."),
 ) -> None:
     """Train a profile and watch it: summary, SPS, where each epoch's time goes, losses, env stats.
 
@@ -41,6 +46,16 @@ def train(
     from puffctl.events import RunState
 
     root = runs.runs_root(runs_dir)
+    if box is None and (gpu is not None or container != "dev" or stop_on_interrupt):
+        raise PuffctlError("--gpu, --container and --stop-on-interrupt go with --box BOX")
+    if box is not None and resume is not None:
+        raise PuffctlError("--resume of a run on a box is not supported yet; start a new run with --box")
+    gpus = None
+    if box is not None:
+        from puffctl import remote
+
+        gpus = remote.parse_gpus(gpu)
+        remote.check_box(box, gpus)
     if logger is not None and logger not in LOGGERS:
         raise PuffctlError(f"--logger {logger!r}: expected one of {', '.join(LOGGERS)}")
     if resume is not None:
@@ -73,6 +88,9 @@ def train(
         path = launch.prepare(root, name or loaded.name, config, record, exact=name is not None)
         state, offset = RunState(run_id=path.name), 0
 
+    if box is not None:
+        raise typer.Exit(train_on_box(path, box, container, gpus, detach=detach, quiet=no_dashboard,
+                                      stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir))
     if detach:
         from puffctl.build import ensure_built
 
@@ -148,6 +166,96 @@ def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, r
     if final.status == "interrupted":
         console.print(f"resume with: puffctl train --resume {path.name}{runs_flag(runs_dir)}", markup=False, highlight=False)
     return outcome.exit_code
+
+
+def train_on_box(path: Path, box: str, container: str, gpus: Optional[str], *, detach: bool, quiet: bool,
+                 stop_on_interrupt: bool, runs_dir: Optional[Path]) -> int:
+    """Sync the code to BOX, start the trainer in the dev container there, and follow it like a local run."""
+    from puffctl import boxes, containers, launch, remote
+    from puffctl.events import RunState
+
+    try:
+        with boxes.open_box(box) as engine:
+            source, sync_s = remote.synced_source(engine, container, containers.repo_root(launch.code_root()))
+            where = remote.start(engine, path, container, gpus, source)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    synced = "code already synced" if sync_s is None else f"code synced in {sync_s:.1f} s"
+    console.print(f"started [bold]{path.name}[/] on {box}/{container}"
+                  f"{f' (GPU {gpus})' if gpus else ''}: {synced}", highlight=False)
+    if detach:
+        console.print(f"watch: puffctl runs attach {path.name}{runs_flag(runs_dir)}", markup=False, highlight=False)
+        return 0
+    return watch_remote(path, where, RunState(run_id=path.name), 0, quiet=quiet,
+                        stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir)
+
+
+def watch_remote(path: Path, where, state, offset: int, *, quiet: bool, stop_on_interrupt: bool,
+                 runs_dir: Optional[Path]) -> int:
+    """Show a remote run's events as they arrive, then copy it back; Ctrl-C detaches (or stops it, if asked)."""
+    from puffctl import boxes, remote
+    from puffctl.dashboard import Dashboard, event_line, fit_width, human_duration
+    from puffctl.events import Tail
+
+    fit_width(console)
+    tail = Tail(path / "events.jsonl", offset)
+    board = None
+
+    def show() -> None:
+        for event in tail.read():
+            state.apply(event)
+            if board is not None:
+                board.update(state, event)
+            elif event.get("type") == "start" or (event.get("type") == "message" and event.get("level") in ("warning", "error")):
+                line = event_line(state, event)
+                if line:
+                    console.print(line, markup=False, highlight=False)
+
+    def warn(text: str) -> None:
+        state.message = ("warning", text)
+        if board is not None:
+            board.update(state, {"type": "message", "level": "warning", "text": text})
+        else:
+            console.print(f"warning: {text}", markup=False, highlight=False)
+
+    def reconnecting(why: str) -> None:
+        warn(f"connection to {where.box} lost; reconnecting ({why})")
+
+    stopping = False
+    with contextlib.ExitStack() as stack:
+        board = None if quiet else stack.enter_context(Dashboard(console))
+        if board is not None:
+            board.start(state)
+        while True:
+            try:
+                returncode = remote.follow(path, where, show, on_reconnect=reconnecting)
+                break
+            except KeyboardInterrupt:
+                if not stop_on_interrupt or stopping:
+                    if board is not None:
+                        board.stop(state)
+                    console.print(f"detached: {path.name} goes on on {where.box}; re-attach with "
+                                  f"puffctl runs attach {path.name}{runs_flag(runs_dir)}", markup=False, highlight=False)
+                    return 0
+                stopping = True
+                with boxes.open_box(where.box) as engine:
+                    remote.stop(engine, where)
+                warn("stopping: the trainer checkpoints and exits (Ctrl-C again to detach)")
+        for event in tail.finish():
+            state.apply(event)
+        with boxes.open_box(where.box) as engine:
+            remote.copy_back(engine, path, where)
+        if board is not None:
+            board.stop(state)
+    if returncode != 0 and not state.finished:
+        from puffctl.launch import last_line
+
+        state.status, state.reason = "failed", last_line(path / "stdout.log") or f"the trainer exited with code {returncode}"
+    style = {"completed": "green", "interrupted": "yellow"}.get(state.status, "bold red")
+    console.print(f"[{style}]{state.status}[/]: run {path.name} on {where.box}, {state.agent_steps:,} steps in "
+                  f"{human_duration(state.duration)}; copied back to {escape(str(path))}", highlight=False)
+    return {"completed": 0, "interrupted": 130}.get(state.status, 1)
 
 
 def runs_flag(runs_dir: Optional[Path]) -> str:

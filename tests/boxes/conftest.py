@@ -27,15 +27,18 @@ def _unavailable(reason: str):
 
 
 @pytest.fixture(autouse=True)
-def _deadline():
-    """No box test may hang the suite: each gets 120 s, then fails with a TimeoutError."""
+def _deadline(request):
+    """No box test may hang the suite: each gets 120 s (or its `deadline` mark's), then fails with a TimeoutError."""
     import signal
 
+    mark = request.node.get_closest_marker("deadline")
+    seconds = mark.args[0] if mark else 120
+
     def expire(signum, frame):
-        raise TimeoutError("box test ran over 120 s (a hung stream or connection?)")
+        raise TimeoutError(f"box test ran over {seconds} s (a hung stream or connection?)")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(120)
+    signal.alarm(seconds)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
@@ -55,6 +58,15 @@ def docker_engine():
         _unavailable(f"building the test image failed: {error}")
     yield engine
     engine.stop()
+
+
+@pytest.fixture(scope="session")
+def python_image(docker_engine):
+    """An image holding this machine's Python and the trainer's packages (imported once per session)."""
+    try:
+        return realparts.build_python_image(docker_engine.url)
+    except (realparts.RealPartsError, OSError) as error:
+        _unavailable(f"building the Python test image failed: {error}")
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import subprocess
 import pytest
 
 from puffctl import boxes
+from puffctl.errors import PuffctlError
 
 pytestmark = [pytest.mark.docker]
 
@@ -142,3 +143,43 @@ def test_real_dockerfile_takes_its_base_from_build_args(local, cli):
     # past FROM without a pull (the base came from the build arg), then apt-get is not in busybox
     assert "Step 2/" in result.raw.output and "Step 3/" in result.raw.output and "apt-get update" in result.raw.output
     assert "image build failed" in result.output and "returned a non-zero code: 127" in result.output
+
+
+@pytest.mark.parametrize("driver, cuda, torch_version, index", [
+    ("575.51.03", "12.8", "2.7.1", "https://wheels.invalid/cu128"),
+    ("560.35.03", "12.6", "2.7.1", ""),
+    ("550.54.15", "12.4", "2.6.0", ""),  # tests/boxes/data/h100x8_nvidia-smi.txt
+    ("535.104.05", "12.1", "2.5.1", "https://wheels.invalid/cu121"),
+    ("525.60.13", "11.8", "2.5.1", "https://wheels.invalid/cu118"),
+])
+def test_match_driver_picks_the_newest_base_the_driver_runs(driver, cuda, torch_version, index):
+    args = boxes.match_driver(driver, "https://wheels.invalid/")
+    assert (args["IMAGE_CUDA"], args["TORCH_VERSION"], args["TORCH_INDEX_URL"]) == (cuda, torch_version, index)
+    assert f"nvidia/cuda:{cuda}." in args["BASE_IMAGE"] and "devel" in args["BASE_IMAGE"]
+
+
+def test_match_driver_refuses_old_drivers_and_missing_indexes():
+    with pytest.raises(PuffctlError, match="older than every known CUDA base"):
+        boxes.match_driver("470.82.01")
+    with pytest.raises(PuffctlError, match="--torch-index"):
+        boxes.match_driver("535.104.05")
+
+
+def test_provision_match_driver_records_the_choice_as_labels(local, cli, git_repo, docker_client):
+    boxes.add_box("gpu", local)
+    nodriver = cli("box", "provision", "gpu", "--match-driver", "--repo", git_repo)
+    assert nodriver.exit_code == 2 and "box check gpu" in nodriver.output
+    boxes.record_health("gpu", {"status": "healthy", "gpus": {"gpus": [], "driver": "550.54.15", "cuda": "12.4"}})
+    (git_repo / "containers").mkdir()
+    (git_repo / "containers" / "Dockerfile.test").write_text(
+        f"FROM {IMAGE}\nARG BASE_IMAGE\nARG IMAGE_CUDA\nARG TORCH_VERSION\nARG TORCH_INDEX_URL\n"
+        "RUN echo \"base=$BASE_IMAGE torch=$TORCH_VERSION\"\n")
+    _commit(git_repo, "containers/Dockerfile.test")
+    result = cli("box", "provision", "gpu", "--match-driver", "--repo", git_repo, "--dockerfile",
+                 "containers/Dockerfile.test", "--network", "none", "--tag", "puffctl-test/matched:1", "--no-check")
+    assert result.exit_code == 0, result.output
+    assert "driver 550.54.15: CUDA 12.4 base nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04, torch 2.6.0" in result.output
+    labels = docker_client.images.get("puffctl-test/matched:1").labels
+    assert labels["puffctl.cuda"] == "12.4" and labels["puffctl.torch"] == "2.6.0"
+    assert labels["puffctl.base"] == "nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04"
+    assert labels["puffctl.matched-driver"] == "550.54.15"

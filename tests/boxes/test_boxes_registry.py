@@ -165,3 +165,38 @@ def test_df_parsing():
               "overlay                263174212 24061028 225627392  10% /\n"
               "shm                      8388608        0   8388608   0% /dev/shm\n")
     assert boxes._parse_df(output) == {"/": (263174212, 225627392), "/dev/shm": (8388608, 8388608)}
+
+
+def _add_many(args):
+    directory, index = args
+    import os
+
+    os.environ["PUFFCTL_CONFIG_DIR"] = directory
+    from puffctl import boxes as registry
+
+    registry.add_box(f"b{index}", f"ssh://host{index}")
+    registry.record_health(f"b{index}", {"status": "healthy", "checked": index})
+
+
+def test_concurrent_commands_never_lose_a_registry_update(config_dir):
+    from concurrent.futures import ProcessPoolExecutor
+
+    boxes.add_box("first", "ssh://first")
+    with ProcessPoolExecutor(8) as pool:
+        list(pool.map(_add_many, [(str(config_dir), i) for i in range(16)]))
+    registry = boxes.load_registry()
+    assert sorted(registry) == sorted(["first", *(f"b{i}" for i in range(16))])
+    assert all(registry[f"b{i}"].health["checked"] == i for i in range(16))
+
+
+def test_owner_note_and_box_set(cli, config_dir):
+    assert cli("box", "add", "gpu1", "--host", "ssh://gpu1", "--owner", "ana (vision)").exit_code == 0
+    assert boxes.get_box("gpu1").owner == "ana (vision)"
+    changed = cli("box", "set", "gpu1", "--owner", "bo", "--host", "ssh://gpu1.lab:2222", "--cpu-only")
+    assert changed.exit_code == 0, changed.output
+    box = boxes.get_box("gpu1")
+    assert (box.owner, box.host, box.cpu_only) == ("bo", "ssh://gpu1.lab:2222", True)
+    nothing = cli("box", "set", "gpu1")
+    assert nothing.exit_code == 2 and "nothing to change" in nothing.output
+    assert cli("box", "set", "gpu1", "--host", "http://x").exit_code == 2
+    assert cli("box", "set", "nope", "--owner", "x").exit_code == 2

@@ -17,6 +17,7 @@ import ctypes
 import getpass
 import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,6 +31,15 @@ from pathlib import Path
 from puffctl.engine import stop_process
 
 TEST_IMAGE = "puffctl-test/busybox:1"
+PYTHON_IMAGE = "puffctl-test/python:1"
+#: Top-level packages the trainer imports (a short CartPole run's sys.modules), and what they lazily need.
+PYTHON_PACKAGES = ("torch", "torchgen", "numpy", "numpy.libs", "yaml", "_yaml", "gymnasium", "farama_notifications",
+                   "cloudpickle", "sympy", "mpmath", "psutil", "tqdm", "colorama", "typing_extensions.py",
+                   "filelock", "fsspec", "jinja2", "markupsafe", "networkx")
+#: Parts of the Python tree no training run touches (tests, headers, GUI, static libraries).
+PYTHON_SKIP = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "torch/include", "torch/test",
+               "site-packages")
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "puffctl-test"
 BUSYBOX = Path("/bin/busybox")
 SSHD = Path("/usr/sbin/sshd")
 
@@ -168,6 +178,95 @@ def build_test_image(docker_url: str, tag: str = TEST_IMAGE) -> str:
         client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, network_mode="none")
     finally:
         client.close()
+    return tag
+
+
+def _shared_libraries(paths: list[Path]) -> set[Path]:
+    """Every shared library `ldd` resolves for these binaries, with the dynamic loader."""
+    libraries = {Path("/lib64/ld-linux-x86-64.so.2")}
+    for start in range(0, len(paths), 64):
+        listing = subprocess.run(["ldd", *map(str, paths[start:start + 64])], capture_output=True, text=True).stdout
+        libraries.update(Path(os.path.normpath(m)) for m in re.findall(r"=> (/\S+) \(", listing))
+    return libraries
+
+
+def python_rootfs(cache_dir: Path = CACHE_DIR) -> Path:
+    """A root filesystem tar holding this machine's Python, the trainer's packages and busybox; cached.
+
+    The cache key is the interpreter and the installed versions of the packages, so a changed
+    environment builds a new tar; writers race safely (temp file + rename).
+    """
+    import hashlib
+    import importlib.metadata
+    import sys
+    import sysconfig
+
+    prefix = Path(sys.base_prefix)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    site = Path(sysconfig.get_paths()["purelib"])
+    versions = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    key = hashlib.sha256(f"{sys.version}|{prefix}|{versions}|{PYTHON_PACKAGES}".encode()).hexdigest()[:16]
+    target = cache_dir / f"python-rootfs-{key}.tar"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    members: list[Path] = [Path(sys.executable).resolve(), *prefix.glob("lib/libpython*")]
+    skip = {stdlib / part for part in PYTHON_SKIP} | {site / part for part in PYTHON_SKIP}
+    for root, dirs, files in os.walk(stdlib):
+        dirs[:] = [d for d in dirs if Path(root, d) not in skip]
+        members += [Path(root, f) for f in files if not f.endswith(".a")]
+    for name in PYTHON_PACKAGES:
+        top = site / name
+        if top.is_file():
+            members.append(top)
+        for root, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if Path(root, d) not in skip]
+            members += [Path(root, f) for f in files if not f.endswith(".a")]
+    binaries = [p for p in members if ".so" in p.name or p == Path(sys.executable).resolve()]
+    libraries = _shared_libraries(binaries) - set(members)
+    fd, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".tar.tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w") as tar:
+            for directory in ("tmp", "workspace", "root", "bin", "dev", "proc", "sys", "etc"):
+                info = tarfile.TarInfo(directory)
+                info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+                tar.addfile(info)
+            tar.add(BUSYBOX, arcname="bin/busybox")
+            for applet in ("sh", "cat", "kill", "mkdir", "rm", "tail", "df", "ls", "sleep", "test", "echo", "env",
+                           "du", "dirname", "ps"):
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
+                tar.addfile(info)
+            passwd = b"root:x:0:0:root:/root:/bin/sh\n"
+            info = tarfile.TarInfo("etc/passwd")
+            info.size = len(passwd)
+            tar.addfile(info, io.BytesIO(passwd))
+            for path in members:
+                tar.add(path, arcname=str(path).lstrip("/"), recursive=False)
+            for path in libraries:  # the real file under the name the loader asks for
+                tar.add(path.resolve(), arcname=str(path).lstrip("/"), recursive=False)
+            info = tarfile.TarInfo("usr/local/bin/python")
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, str(Path(sys.executable).resolve()), 0o777
+            tar.addfile(info)
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return target
+
+
+def build_python_image(docker_url: str, tag: str = PYTHON_IMAGE) -> str:
+    """Import python_rootfs() as an image that runs the real trainer (`python` on PATH); skip if present."""
+    present = subprocess.run(["docker", "-H", docker_url, "image", "inspect", tag], capture_output=True)
+    if present.returncode == 0:
+        return tag
+    rootfs = python_rootfs()
+    with open(rootfs, "rb") as data:
+        done = subprocess.run(["docker", "-H", docker_url, "import",
+                               "--change", "ENV PATH=/usr/local/bin:/bin HOME=/root",
+                               "--change", 'CMD ["/bin/sh"]', "-", tag], stdin=data, capture_output=True)
+    if done.returncode != 0:
+        raise RealPartsError(f"docker import of {rootfs} failed: {done.stderr.decode(errors='replace')[-500:]}")
     return tag
 
 
