@@ -89,15 +89,3 @@ def test_load_reads_yaml_and_reports_bad_files(tmp_path):
 def test_config_module_does_not_import_torch():
     code = "import sys, trainer.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
-
-
-def test_muon_on_a_torch_without_it_is_a_config_error(monkeypatch):
-    import torch
-
-    from trainer import optim
-    from trainer.config import DEFAULTS, ConfigError
-
-    monkeypatch.delattr(torch.optim, "Muon")
-    train = {**DEFAULTS["train"], "optimizer": "muon"}
-    with pytest.raises(ConfigError, match="train.optimizer=muon needs torch.optim.Muon"):
-        optim.make_optimizer(torch.nn.Linear(3, 2), train)
