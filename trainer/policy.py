@@ -127,7 +127,7 @@ class Policy(nn.Module):
         for i in range(num_layers):
             layers += [_layer(nn.Linear(obs_size if i == 0 else hidden_size, hidden_size), math.sqrt(2)), act()]
         self.encoder = nn.Sequential(*layers)
-        self.lstm = nn.LSTM(hidden_size, lstm_hidden_size, batch_first=True) if lstm else None
+        self.lstm = nn.LSTM(hidden_size, lstm_hidden_size) if lstm else None  # time-major, its native layout
         if self.lstm is not None:
             for name, param in self.lstm.named_parameters():
                 if "weight" in name:
@@ -154,14 +154,17 @@ class Policy(nn.Module):
         hidden = self.encoder(obs)
         if self.lstm is not None:
             h, c = state
-            out, (h, c) = self.lstm(hidden.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
-            hidden, state = out.squeeze(1), (h.squeeze(0).float(), c.squeeze(0).float())
+            out, (h, c) = self.lstm(hidden.unsqueeze(0), (h.unsqueeze(0), c.unsqueeze(0)))
+            hidden, state = out.squeeze(0), (h.squeeze(0).float(), c.squeeze(0).float())
         return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float(), state
 
     def sequence(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor]:
-        """A segment for B rows: obs [B, T, obs_size] -> (head params [B, T, ...], values [B, T])."""
-        hidden = self.encoder(obs)
-        if self.lstm is not None:
-            h, c = state
-            hidden, _ = self.lstm(hidden, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
-        return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float()
+        """A segment for B rows: obs [B, T, obs_size] -> (head params [B, T, ...], values [B, T]).
+        The LSTM runs time-major: only the small obs and outputs are transposed, never the
+        [B, T, hidden] activations (two copies each way, forward and backward)."""
+        if self.lstm is None:
+            hidden = self.encoder(obs)
+            return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float()
+        h, c = state
+        hidden, _ = self.lstm(self.encoder(obs.transpose(0, 1)), (h.unsqueeze(0), c.unsqueeze(0)))
+        return self.actor(hidden).transpose(0, 1).float(), self.critic(hidden).squeeze(-1).transpose(0, 1).float()
