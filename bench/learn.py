@@ -5,7 +5,8 @@ env/model construction) until the rolling mean of the last 20 finished episodes 
 median over seeds. Memory: final mean score of an LSTM policy and of an MLP policy after the
 same number of steps. Maze: final solve rate.
 
-    python bench/learn.py [--seeds 3] [--only cartpole,memory,maze] [--out FILE]
+    python bench/learn.py [--seeds 3] [--first-seed 1] [--cartpole baseline|efficient]
+                          [--only cartpole,memory,maze] [--out FILE]
 
 Prints a table and writes JSON (bench/results/learn.json unless --out).
 """
@@ -37,6 +38,15 @@ CARTPOLE = {  # tuned by a small grid (seeds 1-5, agent steps to 475); see docs/
               "gamma": 0.99, "gae_lambda": 0.95, "vf_coef": 0.5, "ent_coef": 0.001,
               "total_timesteps": 2_000_000, "cpu_threads": 1},
 }
+# Fewer env steps for more gradient steps per batch: four update epochs over half the baseline's
+# batch (a small grid, seeds 1-3: 62K median steps; see docs/trainer.md).
+CARTPOLE_EFFICIENT = {
+    "env": {"name": "gym:CartPole-v1", "num_envs": 16},
+    "train": {"optimizer": "adam", "learning_rate": 0.02, "bptt_horizon": 32, "minibatch_size": 512,
+              "update_epochs": 4, "gamma": 0.99, "gae_lambda": 0.95, "vf_coef": 0.5, "ent_coef": 0.001,
+              "total_timesteps": 2_000_000, "cpu_threads": 1},
+}
+CARTPOLES = {"baseline": CARTPOLE, "efficient": CARTPOLE_EFFICIENT}
 MEMORY = {
     "env": {"name": "puffer:memory", "num_envs": 256, "kwargs": {"length": 8}},
     "policy": {"hidden_size": 64, "lstm_hidden_size": 64},
@@ -110,7 +120,10 @@ def advantage_ops() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="CartPole seeds to run")
+    parser.add_argument("--first-seed", type=int, default=1, help="CartPole runs seeds first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--cartpole", default="baseline", choices=tuple(CARTPOLES),
+                        help="baseline: the quick-start profile's setting (fastest wall time); efficient: fewer env steps")
     parser.add_argument("--only", default="cartpole,memory,maze")
     parser.add_argument("--time-limit", type=float, default=60.0, help="per CartPole seed (s)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "learn.json")
@@ -121,14 +134,16 @@ def main() -> None:
 
     if "cartpole" in only:
         runs = []
-        for seed in range(1, args.seeds + 1):
-            run = time_to_target(merge(CARTPOLE, {"train": {"seed": seed}}), 475.0, 20, args.time_limit)
+        setting = CARTPOLES[args.cartpole]
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            run = time_to_target(merge(setting, {"train": {"seed": seed}}), 475.0, 20, args.time_limit)
             console.print(f"CartPole seed {seed}: {run}")
             runs.append(run)
         solved = [r["seconds"] for r in runs if r["seconds"] is not None]
         median = statistics.median(solved) if len(solved) == len(runs) else None
-        results["cartpole"] = {"config": CARTPOLE, "target": 475, "window": 20, "runs": runs,
-                               "median_seconds": median}
+        results["cartpole"] = {"setting": args.cartpole, "config": setting, "target": 475, "window": 20,
+                               "runs": runs, "median_seconds": median,
+                               "median_agent_steps": statistics.median(r["agent_steps"] for r in runs)}
     if "memory" in only:
         lstm = final_score(merge(MEMORY, {"policy": {"lstm": True}}), "score")
         mlp = final_score(merge(MEMORY, {"policy": {"lstm": False}}), "score")
@@ -146,11 +161,12 @@ def main() -> None:
         table.add_column(column)
     if "cartpole" in results:
         cp = results["cartpole"]
-        for i, run in enumerate(cp["runs"], 1):
+        for i, run in enumerate(cp["runs"], args.first_seed):
             seconds = f"{run['seconds']:.2f} s to 475" if run["seconds"] else f"not solved ({run['final_mean_return']:.0f})"
             table.add_row(f"CartPole-v1 seed {i}", seconds, f"{run['agent_steps']:,}", f"{run['wall']:.2f}")
         median = cp["median_seconds"]
-        table.add_row("CartPole-v1 median", f"{median:.2f} s" if median else "not all solved", "", "")
+        table.add_row(f"CartPole-v1 ({cp['setting']}) median", f"{median:.2f} s" if median else "not all solved",
+                      f"{cp['median_agent_steps']:,.0f}", "")
     if "memory" in results:
         for name in ("lstm", "mlp"):
             run = results["memory"][name]

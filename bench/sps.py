@@ -65,7 +65,8 @@ def measure(policy: str, num_envs: int, horizon: int, minibatch: int, seconds: f
             dog.check(losses, profiler.sps())
     cpu_seconds = time.process_time() - cpu_start
     result = {"policy": policy, "num_envs": num_envs, "horizon": horizon, "batch": num_envs * horizon,
-              "minibatch": minibatch, "threads": threads, "precision": precision, "device": str(trainer.device),
+              "minibatch": minibatch, "params": trainer.policy_params, "threads": threads, "precision": precision,
+              "device": str(trainer.device),
               "sps": profiler.sps(), "cpu_sps": (trainer.agent_steps - 2 * trainer.batch_size) / cpu_seconds,
               "epochs": trainer.epoch - 2, "perf": profiler.perf() if timing else None}
     trainer.close()

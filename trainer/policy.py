@@ -20,6 +20,36 @@ State = tuple[Tensor, Tensor] | None
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
+class _NarrowInputLinear(torch.autograd.Function):
+    """x @ W^T + b whose weight gradient is computed as (x^T g)^T: for W [128, 4] and N rows,
+    torch's own g^T x ([128, N] @ [N, 4]) took about 7x as long on CPU (a fifth of the MLP's
+    training phase); the result is the same."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        flat = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight.t())
+        return flat.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        x, weight = ctx.saved_tensors
+        grad = grad.reshape(-1, grad.shape[-1]).to(weight.dtype)
+        flat_x = x.reshape(-1, x.shape[-1]).to(weight.dtype)
+        grad_x = (grad @ weight).view(x.shape).to(x.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, (flat_x.t() @ grad).t().contiguous(), grad.sum(0)
+
+
+class NarrowInputLinear(nn.Linear):
+    """nn.Linear (same parameters and state_dict) for in_features < out_features, with the
+    faster weight gradient of `_NarrowInputLinear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return _NarrowInputLinear.apply(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 def _layer(layer: nn.Linear, gain: float) -> nn.Linear:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
@@ -125,9 +155,11 @@ class Policy(nn.Module):
         act = ACTIVATIONS[activation]
         layers: list[nn.Module] = []
         for i in range(num_layers):
-            layers += [_layer(nn.Linear(obs_size if i == 0 else hidden_size, hidden_size), math.sqrt(2)), act()]
+            inputs = obs_size if i == 0 else hidden_size
+            linear = NarrowInputLinear if inputs < hidden_size else nn.Linear
+            layers += [_layer(linear(inputs, hidden_size), math.sqrt(2)), act()]
         self.encoder = nn.Sequential(*layers)
-        self.lstm = nn.LSTM(hidden_size, lstm_hidden_size, batch_first=True) if lstm else None
+        self.lstm = nn.LSTM(hidden_size, lstm_hidden_size) if lstm else None  # time-major, its native layout
         if self.lstm is not None:
             for name, param in self.lstm.named_parameters():
                 if "weight" in name:
@@ -155,8 +187,8 @@ class Policy(nn.Module):
         hidden = self.encoder(obs)
         if self.lstm is not None:
             h, c = state
-            out, (h, c) = self.lstm(hidden.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
-            hidden, state = out.squeeze(1), (h.squeeze(0).float(), c.squeeze(0).float())
+            out, (h, c) = self.lstm(hidden.unsqueeze(0), (h.unsqueeze(0), c.unsqueeze(0)))
+            hidden, state = out.squeeze(0), (h.squeeze(0).float(), c.squeeze(0).float())
         return hidden, state
 
     def heads(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,9 +201,12 @@ class Policy(nn.Module):
         return *self.heads(hidden), state
 
     def sequence(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor]:
-        """A segment for B rows: obs [B, T, obs_size] -> (head params [B, T, ...], values [B, T])."""
-        hidden = self.encoder(obs)
-        if self.lstm is not None:
-            h, c = state
-            hidden, _ = self.lstm(hidden, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
-        return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float()
+        """A segment for B rows: obs [B, T, obs_size] -> (head params [B, T, ...], values [B, T]).
+        The LSTM runs time-major: only the small obs and outputs are transposed, never the
+        [B, T, hidden] activations (two copies each way, forward and backward)."""
+        if self.lstm is None:
+            hidden = self.encoder(obs)
+            return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float()
+        h, c = state
+        hidden, _ = self.lstm(self.encoder(obs.transpose(0, 1)), (h.unsqueeze(0), c.unsqueeze(0)))
+        return self.actor(hidden).transpose(0, 1).float(), self.critic(hidden).squeeze(-1).transpose(0, 1).float()

@@ -91,18 +91,6 @@ def test_config_module_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
-def test_muon_on_a_torch_without_it_is_a_config_error(monkeypatch):
-    import torch
-
-    from trainer import optim
-    from trainer.config import DEFAULTS, ConfigError
-
-    monkeypatch.delattr(torch.optim, "Muon")
-    train = {**DEFAULTS["train"], "optimizer": "muon"}
-    with pytest.raises(ConfigError, match="train.optimizer=muon needs torch.optim.Muon"):
-        optim.make_optimizer(torch.nn.Linear(3, 2), train)
-
-
 @pytest.mark.parametrize("overrides, suggestion", [
     ({"train": {"lr": 0.1}}, "unknown key train.lr (did you mean train.learning_rate?)"),
     ({"train": {"clip_range": 0.1}}, "(did you mean train.clip_coef?)"),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from trainer.policy import Policy
+from trainer.policy import NarrowInputLinear, Policy
 
 SPACES = {
     "discrete": (spaces.Discrete(3), (), torch.int64),
@@ -66,3 +66,24 @@ def test_mlp_sequence_flattens_time():
     policy = Policy(3, spaces.Discrete(2), hidden_size=8)
     params, values = policy.sequence(torch.randn(4, 7, 3), None)
     assert params.shape == (4, 7, 2) and values.shape == (4, 7)
+
+
+def test_narrow_input_linear_is_nn_linear_with_a_more_exact_weight_gradient():
+    torch.manual_seed(0)
+    reference, narrow = torch.nn.Linear(4, 32).double(), NarrowInputLinear(4, 32)
+    narrow.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
+    assert list(narrow.state_dict()) == list(reference.state_dict())
+    x = torch.randn(64, 16, 4, dtype=torch.float64)
+    x_narrow = x.float().requires_grad_()
+    x_reference = x.clone().requires_grad_()
+    (narrow(x_narrow) ** 2).sum().backward()
+    (reference(x_reference) ** 2).sum().backward()
+    for ours, exact in ((narrow.weight.grad, reference.weight.grad), (narrow.bias.grad, reference.bias.grad),
+                        (x_narrow.grad, x_reference.grad)):
+        assert torch.allclose(ours.double(), exact, rtol=1e-5, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = narrow(x_narrow)
+    out.float().sum().backward()  # bfloat16 autocast: gradients come back in the parameters' dtype
+    assert out.dtype == torch.bfloat16 and narrow.weight.grad.dtype == torch.float32
+    with torch.inference_mode():
+        assert torch.allclose(narrow(x.float()), reference(x).float(), atol=1e-5)
