@@ -83,7 +83,7 @@ def test_retained_rows_survive_a_checkpoint_and_resume_exactly(tmp_path):
     for _ in range(3):
         trainer.evaluate()
         trainer.train()
-    path = tmp_path / checkpoint.save(tmp_path, trainer.epoch, trainer.state_dict(), keep=1)
+    path = tmp_path / checkpoint.save(tmp_path, trainer.epoch, trainer.state_dict(), keep=1)["path"]
     uninterrupted = []
     for _ in range(2):
         trainer.evaluate()
