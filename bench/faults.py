@@ -93,7 +93,7 @@ def bench_races(directory: Path, races: int, console: Console) -> dict:
     config = faults.write_config(directory, {"train": {"total_timesteps": 256 * 10**6}})
     run_dir = directory / "raced"
     process = faults.trainer(config, run_dir)
-    faults.wait_for(lambda: (run_dir / "checkpoints" / "epoch_00000002.pt").is_file(), what="a checkpoint")
+    faults.wait_for(lambda: (run_dir / "checkpoints" / "epoch_00000002.pt").is_file(), timeout=900, what="a checkpoint")
     process.send_signal(signal.SIGKILL)
     process.wait()
     totals = {"races": 0, "exactly_one_started": 0, "two_trainers": 0, "refusal_named_holder": 0}
@@ -109,7 +109,7 @@ def bench_races(directory: Path, races: int, console: Console) -> dict:
         totals["exactly_one_started"] += len(winners) == 1
         totals["refusal_named_holder"] += all("is in use by" in result[2] and " pid " in result[2] for result in losers)
         trainer = json.loads((run_dir / "launch.json").read_text())["pid"]
-        faults.wait_for(lambda: faults.starts(run_dir) > before or not alive(trainer), what="the trainer's start")
+        faults.wait_for(lambda: faults.starts(run_dir) > before or not alive(trainer), timeout=900, what="the trainer's start")
         time.sleep(0.2)  # a second trainer, if any had started, would write its start event too
         held = runlock.holder(run_dir) or {}
         two = len(winners) > 1 or faults.starts(run_dir) - before > 1 or held.get("pid") not in (None, trainer)

@@ -101,10 +101,11 @@ def starts(run_dir: Path) -> int:
     return count(run_dir, "start")
 
 
-def writing_checkpoint(run_dir: Path) -> bool:
-    """A checkpoint (or its sidecar) is being written: its temporary file exists."""
+def writing_checkpoint(run_dir: Path, pid: int) -> bool:
+    """Process `pid` is writing a checkpoint (or its sidecar): its temporary file exists
+    (a killed writer's stay until the next save prunes them, so the pid must match)."""
     try:
-        return any(".tmp." in name for name in os.listdir(Path(run_dir) / "checkpoints"))
+        return any(name.endswith(f".tmp.{pid}") for name in os.listdir(Path(run_dir) / "checkpoints"))
     except FileNotFoundError:
         return False
 
@@ -144,9 +145,9 @@ def kill_once(config: Path, run_dir: Path, rng: random.Random, moment: str) -> d
                      what=f"{epochs} epochs")
             time.sleep(rng.uniform(0.0, 0.1))
         else:
-            wait_for(lambda: writing_checkpoint(run_dir) or process.poll() is not None, timeout=60,
+            wait_for(lambda: writing_checkpoint(run_dir, process.pid) or process.poll() is not None, timeout=600,
                      what="a checkpoint write", poll=0.0005)
-    in_checkpoint = writing_checkpoint(run_dir)
+    in_checkpoint = writing_checkpoint(run_dir, process.pid)
     finished = process.poll() is not None
     if not finished:
         process.send_signal(signal.SIGKILL)
