@@ -262,18 +262,24 @@ def check_env(name: str) -> None:
     """
     from trainer import envs
 
-    if name.startswith("gym:"):
-        env_id = name.removeprefix("gym:")
+    prefix = name.split(":", 1)[0] + ":"
+    if prefix in ("gym:", "minigrid:"):
+        env_id = name.removeprefix(prefix)
         if "/" in env_id:
             return
         import gymnasium
 
-        known = list(gymnasium.registry)
+        if prefix == "minigrid:":
+            try:
+                import minigrid  # noqa: F401 - registers the MiniGrid ids
+            except ImportError:
+                raise PuffctlError(f"env.name={name!r}: the minigrid package is not installed (pip install minigrid)") from None
+        known = [key for key in gymnasium.registry if prefix == "gym:" or key.startswith("MiniGrid")]
         if env_id in known:
             return
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join('gym:' + match for match in close)}?)" if close else ""
-        raise PuffctlError(f"env.name={name!r}: gymnasium has no env {env_id!r}{hint}")
+        hint = f" (did you mean {', '.join(prefix + match for match in close)}?)" if close else ""
+        raise PuffctlError(f"env.name={name!r}: {'gymnasium' if prefix == 'gym:' else 'minigrid'} has no env {env_id!r}{hint}")
     if name not in envs.BUILTINS:
         choices = [*envs.BUILTINS, "gym:CartPole-v1"]
         close = difflib.get_close_matches(name, choices, n=2, cutoff=0.5)

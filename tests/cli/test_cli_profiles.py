@@ -82,6 +82,9 @@ def test_cli_set_overrides_are_yaml_scalars_with_dotted_keys(lab):
     ("baseline", ["train.update_epochs=two"], "train.update_epochs='two' must be an integer"),
     ("baseline", ["env.name=gym:CartPole-v9"], "gymnasium has no env 'CartPole-v9' (did you mean gym:CartPole-v1"),
     ("baseline", ["env.name=CartPole-v1"], "unknown env (did you mean gym:CartPole-v1?)"),
+    ("baseline", ["env.name=minigrid:MiniGrid-Empty-5x5-v9"],
+     "minigrid has no env 'MiniGrid-Empty-5x5-v9' (did you mean minigrid:MiniGrid-Empty-5x5-v0"),
+    ("baseline", ["env.name=minigrid:CartPole-v1"], "minigrid has no env 'CartPole-v1'"),
 ])
 def test_cli_profile_errors(lab, name, sets, message):
     with pytest.raises(PuffctlError) as error:
