@@ -205,7 +205,7 @@ def python_rootfs(cache_dir: Path = CACHE_DIR) -> Path:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     site = Path(sysconfig.get_paths()["purelib"])
     versions = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
-    key = hashlib.sha256(f"{sys.version}|{prefix}|{versions}|{PYTHON_PACKAGES}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{sys.version}|{prefix}|{versions}|{PYTHON_PACKAGES}|dist-info".encode()).hexdigest()[:16]
     target = cache_dir / f"python-rootfs-{key}.tar"
     if target.exists():
         return target
@@ -215,6 +215,7 @@ def python_rootfs(cache_dir: Path = CACHE_DIR) -> Path:
     for root, dirs, files in os.walk(stdlib):
         dirs[:] = [d for d in dirs if Path(root, d) not in skip]
         members += [Path(root, f) for f in files if not f.endswith(".a")]
+    members += [p for d in site.glob("*.dist-info") for p in d.iterdir() if p.is_file()]  # importlib.metadata
     for name in PYTHON_PACKAGES:
         top = site / name
         if top.is_file():
