@@ -11,7 +11,8 @@ ratios is the result. Absolute numbers drift on a shared machine: compare ratios
 The peers are not dependencies of the project; each lives in its own venv (defaults below,
 or --pufferlib-venv / --sb3-venv), and one that is missing is skipped with a line saying how
 to install it. Their drivers are in the peers folder (--peers-dir, default: shared/peers in
-the nearest folder above the repository that has one). Prints tables and writes JSON (bench/results/peers.json unless --out).
+the nearest folder above the repository that has one). PufferLib runs in a scratch folder (it
+writes files where it runs). Prints tables and writes JSON (bench/results/peers.json unless --out).
 """
 
 from __future__ import annotations
