@@ -43,7 +43,9 @@ CHECK = {"pufferlib": "import pufferlib.pufferl", "sb3": "import stable_baseline
 def peer_python(name: str, venv: Path, peers_dir: Path, console: Console) -> Path | None:
     """The peer venv's python when it imports the peer, else None after a line saying how to install it."""
     python = venv / "bin" / "python"
-    ok = python.exists() and subprocess.run([str(python), "-c", CHECK[name]], capture_output=True).returncode == 0
+    with tempfile.TemporaryDirectory() as scratch:  # importing pufferlib links resources/ into the cwd
+        ok = python.exists() and subprocess.run([str(python), "-c", CHECK[name]], cwd=scratch,
+                                                capture_output=True).returncode == 0
     if not ok:
         how = INSTALL[name].format(peers=peers_dir, venv=venv)
         console.print(f"[yellow]skipping {name}: no working venv at {venv}; install it with: {how}[/]")
