@@ -169,7 +169,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3", help="CartPole seeds, each run once per round")
     parser.add_argument("--cartpole", default="baseline", choices=("baseline", "efficient"),
                         help="our CartPole setting (bench/learn.py --cartpole)")
-    parser.add_argument("--time-limit", type=float, default=120.0, help="per CartPole run of ours (s)")
+    parser.add_argument("--time-limit", type=float, default=1200.0,
+                        help="wall-clock cap per CartPole run of ours (s; SB3 runs have none)")
     parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
     parser.add_argument("--pufferlib-venv", type=Path, default=VENVS / "pufferlib")
     parser.add_argument("--sb3-venv", type=Path, default=VENVS / "sb3")
