@@ -39,7 +39,7 @@ CARTPOLE = {  # tuned by a small grid (seeds 1-5, agent steps to 475); see docs/
               "total_timesteps": 2_000_000, "cpu_threads": 1},
 }
 # Fewer env steps for more gradient steps per batch: four update epochs over half the baseline's
-# batch (a small grid, seeds 1-3: 62K median steps; see docs/trainer.md).
+# batch (a small grid, seeds 1-3: 62K median steps at 150K total_timesteps; see docs/trainer.md).
 CARTPOLE_EFFICIENT = {
     "env": {"name": "gym:CartPole-v1", "num_envs": 16},
     "train": {"optimizer": "adam", "learning_rate": 0.02, "bptt_horizon": 32, "minibatch_size": 512,

@@ -11,7 +11,8 @@ ratios is the result. Absolute numbers drift on a shared machine: compare ratios
 The peers are not dependencies of the project; each lives in its own venv (defaults below,
 or --pufferlib-venv / --sb3-venv), and one that is missing is skipped with a line saying how
 to install it. Their drivers are in the peers folder (--peers-dir, default: shared/peers in
-the nearest folder above the repository that has one). Prints tables and writes JSON (bench/results/peers.json unless --out).
+the nearest folder above the repository that has one). PufferLib runs in a scratch folder (it
+writes files where it runs). Prints tables and writes JSON (bench/results/peers.json unless --out).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ CHECK = {"pufferlib": "import pufferlib.pufferl", "sb3": "import stable_baseline
 def peer_python(name: str, venv: Path, peers_dir: Path, console: Console) -> Path | None:
     """The peer venv's python when it imports the peer, else None after a line saying how to install it."""
     python = venv / "bin" / "python"
-    ok = python.exists() and subprocess.run([str(python), "-c", CHECK[name]], capture_output=True).returncode == 0
+    with tempfile.TemporaryDirectory() as scratch:  # importing pufferlib links resources/ into the cwd
+        ok = python.exists() and subprocess.run([str(python), "-c", CHECK[name]], cwd=scratch,
+                                                capture_output=True).returncode == 0
     if not ok:
         how = INSTALL[name].format(peers=peers_dir, venv=venv)
         console.print(f"[yellow]skipping {name}: no working venv at {venv}; install it with: {how}[/]")
@@ -166,7 +169,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3", help="CartPole seeds, each run once per round")
     parser.add_argument("--cartpole", default="baseline", choices=("baseline", "efficient"),
                         help="our CartPole setting (bench/learn.py --cartpole)")
-    parser.add_argument("--time-limit", type=float, default=120.0, help="per CartPole run of ours (s)")
+    parser.add_argument("--time-limit", type=float, default=1200.0,
+                        help="wall-clock cap per CartPole run of ours (s; SB3 runs have none)")
     parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
     parser.add_argument("--pufferlib-venv", type=Path, default=VENVS / "pufferlib")
     parser.add_argument("--sb3-venv", type=Path, default=VENVS / "sb3")
