@@ -44,6 +44,7 @@ class Live:
     sps: float | None = None
     eta: float | None = None
     metric: float | None = None
+    started: bool = False  # this start's trainer wrote its start event
 
 
 @dataclass
@@ -202,6 +203,7 @@ class Engine:
     def _absorb(self, cell_id: str, events: list[dict]) -> None:
         live = self.live[cell_id]
         for event in events:
+            live.started = live.started or event.get("type") == "start"
             if event.get("type") == "progress":
                 live.steps = int(event.get("agent_steps") or live.steps)
                 live.sps, live.eta = event.get("sps"), event.get("eta")
@@ -230,7 +232,7 @@ class Engine:
         events = read_events(path / "events.jsonl")
         final = fold(events)
         if not final.finished and exited.returncode is not None and path.is_dir():
-            launch.settle(path, final, exited.returncode, False)
+            launch.settle(path, final, exited.returncode, False, self.live.get(cell_id, Live()).started)
         end = last_end(events)
         current.handle, current.ended = None, time.time()
         current.steps = final.agent_steps
