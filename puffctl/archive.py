@@ -72,9 +72,9 @@ def git_archive(repo: Path, extra: dict[str, bytes] | None = None, files: list[s
     return Archive(data, present, size)
 
 
-def tree_archive(repo: Path) -> tuple[Archive, dict]:
-    """The tree the provenance describes (tracked files and untracked ones not ignored) with its
-    source.json, source.patch and a manifest in STATE_DIR: what a container sync uploads."""
+def tree_source(repo: Path):
+    """The provenance of the tree at `repo` (trainer.provenance.capture) and the files it is made
+    of (tracked ones and untracked ones not ignored): what a sync sends and records."""
     from trainer import provenance
 
     try:
@@ -84,6 +84,15 @@ def tree_archive(repo: Path) -> tuple[Archive, dict]:
         raise PuffctlError(f"cannot send {repo}: {error}") from None
     if captured.patch is None and captured.info["dirty"]:
         raise PuffctlError(f"cannot send {repo}: {captured.info['patch_note']}")
+    return captured, files
+
+
+def tree_archive(repo: Path) -> tuple[Archive, dict]:
+    """The tree the provenance describes (tracked files and untracked ones not ignored) with its
+    source.json, source.patch and a manifest in STATE_DIR: what a container sync uploads."""
+    from trainer import provenance
+
+    captured, files = tree_source(repo)
     state = provenance.STATE_DIR
     extra = {f"{state}/{provenance.SOURCE_FILE}": json.dumps(captured.info, indent=2).encode() + b"\n",
              f"{state}/manifest.txt": "\n".join(files).encode() + b"\n"}

@@ -252,7 +252,7 @@ def sync(engine: Engine, name: str, repo: Path) -> SyncResult:
         raise PuffctlError(f"container {container.name} is {container.status}: `puffctl container up {engine.box}` first")
     archive, source = tree_archive(repo)
     files = archive.files
-    previous = _read_file(engine, container, f"{WORKSPACE}/{STATE_DIR}/manifest.txt")
+    previous = read_file(engine, container, f"{WORKSPACE}/{STATE_DIR}/manifest.txt")
     stale = sorted(set(previous.decode(errors="replace").splitlines()) - set(files)) if previous else []
     if not container.put_archive(WORKSPACE, archive.data):
         raise PuffctlError(f"box {engine.box}: upload to {container.name}:{WORKSPACE} failed", exit_code=1)
@@ -262,7 +262,8 @@ def sync(engine: Engine, name: str, repo: Path) -> SyncResult:
     return SyncResult(len(archive.files), archive.size, len(stale), source)
 
 
-def _read_file(engine: Engine, container, path: str) -> bytes | None:
+def read_file(engine: Engine, container, path: str) -> bytes | None:
+    """A file's bytes from a container (get_archive), or None when it is not there."""
     import docker.errors
 
     try:

@@ -195,15 +195,15 @@ def python_runs(engine: Engine, name: str) -> bool:
 
 def synced_source(engine: Engine, name: str, repo: Path) -> tuple[dict, float | None]:
     """Sync the git-tracked code unless the workspace already holds exactly it; (provenance, sync seconds or None)."""
-    from puffctl import containers
+    from puffctl import archive, containers
 
     container = running_container(engine, name)
-    source = containers.source_info(repo)
-    there = containers._read_file(engine, container, f"{containers.WORKSPACE}/{containers.STATE_DIR}/source.json")
-    manifest = containers._read_file(engine, container, f"{containers.WORKSPACE}/{containers.STATE_DIR}/manifest.txt")
-    if there and manifest and json.loads(there) == source and \
-            manifest.decode(errors="replace").splitlines() == containers.tracked_files(repo):
-        return source, None
+    captured, files = archive.tree_source(repo)
+    there = containers.read_file(engine, container, f"{containers.WORKSPACE}/{containers.STATE_DIR}/source.json")
+    manifest = containers.read_file(engine, container, f"{containers.WORKSPACE}/{containers.STATE_DIR}/manifest.txt")
+    if there and manifest and json.loads(there) == captured.info and \
+            manifest.decode(errors="replace").splitlines() == files:
+        return captured.info, None
     began = time.monotonic()
     result = containers.sync(engine, name, repo)
     return result.source, time.monotonic() - began

@@ -135,6 +135,15 @@ def list_batches(root: Path) -> list[str]:
     return sorted(path.name for path in root.iterdir() if (path / CELLS_FILE).is_file())
 
 
+def read_cells(path: Path, *, configs: bool = True) -> list[Cell]:
+    """The batch's cells from cells.json, with their resolved configs from configs.json
+    unless `configs=False`."""
+    resolved = runs.read_json(path / CONFIGS_FILE) if configs else {}
+    listed = json.loads((path / CELLS_FILE).read_text(encoding="utf-8"))["cells"]
+    # a batch written before configs.json existed kept each config in cells.json
+    return [Cell.from_json(item, resolved.get(item["id"]) or (item.get("config") if configs else None)) for item in listed]
+
+
 def open_batch(root: Path, name: str, *, configs: bool = True) -> Batch:
     """An existing batch by name: spec, cells and state as last written; `configs=False`
     skips the cells' configs (views that do not start cells: status, report, ls)."""
@@ -146,10 +155,7 @@ def open_batch(root: Path, name: str, *, configs: bool = True) -> Batch:
     from puffctl import profiles
 
     spec = parse(profiles.parse_yaml((path / SPEC_FILE).read_text(encoding="utf-8"), str(path / SPEC_FILE)), str(path / SPEC_FILE))
-    resolved = runs.read_json(path / CONFIGS_FILE) if configs else {}
-    listed = json.loads((path / CELLS_FILE).read_text(encoding="utf-8"))["cells"]
-    # a batch written before configs.json existed kept each config in cells.json
-    cells = [Cell.from_json(item, resolved.get(item["id"]) or (item.get("config") if configs else None)) for item in listed]
+    cells = read_cells(path, configs=configs)
     saved = runs.read_json(path / STATE_FILE).get("cells") or {}
     state = {cell.cell_id: CellState.from_json(saved.get(cell.cell_id) or {}) for cell in cells}
     return Batch(path, spec, cells, state)

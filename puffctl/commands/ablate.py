@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from puffctl.errors import PuffctlError
+
 console = Console()
 ablate_app = typer.Typer(
     help="Ablation batches: a YAML spec of variants x seeds run as ordinary runs, resumable, "

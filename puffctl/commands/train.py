@@ -171,12 +171,12 @@ def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, r
 def train_on_box(path: Path, box: str, container: str, gpus: Optional[str], *, detach: bool, quiet: bool,
                  stop_on_interrupt: bool, runs_dir: Optional[Path]) -> int:
     """Sync the code to BOX, start the trainer in the dev container there, and follow it like a local run."""
-    from puffctl import boxes, containers, launch, remote
+    from puffctl import archive, boxes, launch, remote
     from puffctl.events import RunState
 
     try:
         with boxes.open_box(box) as engine:
-            source, sync_s = remote.synced_source(engine, container, containers.repo_root(launch.code_root()))
+            source, sync_s = remote.synced_source(engine, container, archive.repo_root(launch.code_root()))
             where = remote.start(engine, path, container, gpus, source)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)

@@ -137,7 +137,7 @@ class BoxExecutor(Executor):
 
     def start(self, job: Job) -> Handle:
         """Sync the code to the slot's box once, then start the cell there as a remote run."""
-        from puffctl import containers, launch
+        from puffctl import archive, launch
 
         name, place = job.slot.split("/", 1)
         gpus = place[3:].split("#")[0] if place.startswith("gpu") else None
@@ -145,7 +145,7 @@ class BoxExecutor(Executor):
 
         def begin(engine) -> remote.Remote:
             if box.source is None:
-                repo = self.repo or containers.repo_root(launch.code_root())
+                repo = self.repo or archive.repo_root(launch.code_root())
                 box.source, _ = remote.synced_source(engine, self.container, repo)
             lease = self.reassign_after / 2 if self.reassign_after else None
             return remote.start(engine, job.run_dir, self.container, gpus, box.source, resume=job.resume,

@@ -16,7 +16,6 @@ no orchestrator watched, so nothing is asked twice and nothing is lost.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +149,7 @@ def open_sweep(root: Path, name: str) -> Sweep:
         raise PuffctlError(f"no sweep {name!r} in {root}" + (f" (sweeps: {', '.join(known)})" if known else ""))
     spec_file = path / batch_state.SPEC_FILE
     spec = sweep_spec.from_mapping(profiles.parse_yaml(spec_file.read_text(encoding="utf-8"), str(spec_file)), str(spec_file), default_name=name)
-    cells = [batch_spec.Cell.from_json(item) for item in json.loads((path / batch_state.CELLS_FILE).read_text(encoding="utf-8"))["cells"]]
+    cells = batch_state.read_cells(path)
     saved = runs.read_json(path / batch_state.STATE_FILE).get("cells") or {}
     state = {cell.cell_id: batch_state.CellState.from_json(saved.get(cell.cell_id) or {}) for cell in cells}
     batch = batch_state.Batch(path, as_batch_spec(spec), cells, state)

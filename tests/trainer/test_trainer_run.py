@@ -187,7 +187,7 @@ def test_divergence_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and status["reason"] == end["reason"]
     assert checkpoint_files(run_dir) == good  # nothing written after the divergence
-    latest = torch.load(run_dir / "checkpoints" / max(good), weights_only=False)
+    latest = torch.load(run_dir / "checkpoints" / max(name for name in good if name.endswith(".pt")), weights_only=False)
     assert all(torch.isfinite(v).all() for v in latest["policy"].values())
     changed = write_config(tmp_path, {"train": {"total_timesteps": 10**8, "gamma": 0.9}}, name="changed.yaml")
     refused = run_trainer(changed, run_dir, "--resume")
