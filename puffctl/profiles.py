@@ -86,15 +86,21 @@ def find(name: str, relative_to: Path | None = None) -> Path:
     raise PuffctlError(f"unknown profile {name!r}{hint}")
 
 
-def read_file(path: Path) -> dict:
-    """One profile file's own mapping (no inheritance applied)."""
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's data; a missing or unreadable file is one line naming `what` it should be
+    (a profile file, a spec file, ...)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PuffctlError(f"no such profile file: {path}") from None
+        raise PuffctlError(f"no such {what}: {path}") from None
     except OSError as error:
         raise PuffctlError(f"cannot read {path}: {error.strerror or error}") from None
-    data = parse_yaml(text, str(path))
+    return parse_yaml(text, str(path))
+
+
+def read_file(path: Path) -> dict:
+    """One profile file's own mapping (no inheritance applied)."""
+    data = read_yaml(path, "profile file")
     if data is None:
         return {}
     if not isinstance(data, dict):

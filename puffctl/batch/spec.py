@@ -94,13 +94,7 @@ def assignment(key: str, value: Any) -> str:
 
 def load(path: Path) -> Spec:
     """Read and parse a spec file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PuffctlError(f"no such spec file: {path}") from None
-    except OSError as error:
-        raise PuffctlError(f"cannot read {path}: {error.strerror or error}") from None
-    return parse(profiles.parse_yaml(text, str(path)), str(path))
+    return parse(profiles.read_yaml(path, "spec file"), str(path))
 
 
 def _unknown(keys: Any, allowed: tuple[str, ...], where: str) -> None:

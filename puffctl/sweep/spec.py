@@ -188,10 +188,4 @@ def validate(spec: SweepSpec) -> None:
 
 def load(path: Path) -> SweepSpec:
     """Read and validate a sweep spec file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PuffctlError(f"no such sweep spec: {path}") from None
-    except OSError as error:
-        raise PuffctlError(f"cannot read {path}: {error.strerror or error}") from None
-    return from_mapping(profiles.parse_yaml(text, str(path)), str(path), default_name=path.stem)
+    return from_mapping(profiles.read_yaml(path, "sweep spec"), str(path), default_name=path.stem)
