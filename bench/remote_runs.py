@@ -36,22 +36,6 @@ sys.path.insert(0, str(REPO / "tests" / "tooling"))
 import boxes_realparts as realparts  # noqa: E402
 
 
-def ssh_masters(pid: int) -> list[int]:
-    """OpenSSH master connections started by process `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and argv[0] == b"ssh" and b"ControlMaster=yes" in argv:
-            found.append(int(entry.name))
-    return found
-
-
 def timed_train(env: dict, name: str, steps: int) -> dict:
     """Run `puffctl train --box lab` to the end; seconds from the call to its first lines."""
     began = time.monotonic()
@@ -91,7 +75,7 @@ def follow_with_disconnects(path: Path, where, disconnects: int, interval: float
 
     def killer() -> None:
         while killed[0] < disconnects and not done.wait(interval):
-            for pid in ssh_masters(os.getpid()):
+            for pid in realparts.ssh_masters(os.getpid()):
                 os.kill(pid, signal.SIGKILL)
                 killed[0] += 1
                 break

@@ -14,25 +14,10 @@ import pytest
 
 from puffctl import boxes, remote, runs
 from puffctl.errors import PuffctlError
+from boxes_realparts import ssh_masters  # tests/tooling, on the path through conftest.py
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh]
 REPO = Path(__file__).resolve().parents[2]
-
-
-def ssh_masters(pid: int) -> list[int]:
-    """Pids of the OpenSSH master connections that process `pid` started."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and argv[0] == b"ssh" and b"ControlMaster=yes" in argv:
-            found.append(int(entry.name))
-    return found
 
 
 def wait_for(predicate, timeout: float, what: str):

@@ -106,6 +106,22 @@ def _alive(pidfile: Path) -> bool:
         return False
 
 
+def ssh_masters(pid: int) -> list[int]:
+    """Pids of the OpenSSH master connections that process `pid` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and argv[0] == b"ssh" and b"ControlMaster=yes" in argv:
+            found.append(int(entry.name))
+    return found
+
+
 def sweep_leftovers() -> None:
     """Remove temp dirs of engines/sshds from killed test runs (their pidfile's process is gone).
 
