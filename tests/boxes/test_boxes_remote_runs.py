@@ -77,7 +77,8 @@ TRAIN = ("train", "baseline", "--box", "lab", "--steps", "150000", "--set", "log
 @pytest.mark.deadline(300)
 def test_train_on_box_survives_a_dropped_connection_and_attach_copies_it_back(ssh_box, docker_client):
     env, root = ssh_box
-    trainer = puffctl(env, *TRAIN, "--name", "far")
+    # long enough to still be running on the box when `runs list` looks (150K steps end in ~6 s on a quiet machine)
+    trainer = puffctl(env, *TRAIN, "--steps", "600000", "--name", "far")
     events = root / "far" / "events.jsonl"
     wait_for(lambda: events.exists() and events.read_text().count('"type":"progress"') >= 2, 90, "progress events")
     for pid in wait_for(lambda: ssh_masters(trainer.pid), 10, "the ssh master"):
