@@ -89,7 +89,9 @@ def capture(repo: Path, cap: int = PATCH_CAP) -> Source:
         index = Path(scratch) / "index"
         real = Path(git(repo, "rev-parse", "--path-format=absolute", "--git-path", "index").decode().strip())
         if real.is_file():
-            shutil.copyfile(real, index)
+            # copy2 keeps the index's mtime: git's check for files changed within the second the
+            # index was written compares against it, and a fresh mtime would report them clean.
+            shutil.copy2(real, index)
         env = {**os.environ, "GIT_INDEX_FILE": str(index)}
         for start in range(0, len(untracked), 500):
             git(repo, "add", "--intent-to-add", "--", *untracked[start:start + 500], env=env)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,25 @@ def test_patch_covers_tracked_binary_staged_and_untracked_but_not_ignored(dirty_
     assert "train.log" not in patch and "GIT binary patch" in patch
     assert source.info["diff_hash"] == hashlib.sha256(source.patch).hexdigest() and source.info["dirty"]
     assert git(dirty_repo, "status", "--porcelain").splitlines()[-1] == "?? new/", "the user's index is untouched"
+
+
+def test_an_edit_within_the_second_the_index_was_written_is_seen(tmp_path):
+    """Git's racy-clean rule: an entry whose stat matches but whose mtime is not older than the
+    index is compared by content. A scratch index with a fresh mtime would call the edit clean."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    path = repo / "a.py"
+    path.write_text("x = 1\n")
+    past = (time.time_ns() - 100 * 10**9,) * 2
+    os.utime(path, ns=past)
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "one")
+    path.write_text("x = 2\n")
+    os.utime(path, ns=past)
+    os.utime(repo / ".git" / "index", ns=past)
+    assert git(repo, "diff", "--name-only") == "a.py\n", "git itself sees the edit"
+    assert provenance.capture(repo).info["dirty"]
 
 
 def test_the_hash_is_the_same_on_every_path(dirty_repo, tmp_path):
