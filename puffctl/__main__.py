@@ -1,3 +1,3 @@
-from puffctl.cli import main
+from puffctl.entry import main
 
 main()

@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import os
 import platform
 import runpy
 from pathlib import Path
+
+from trainer.cache import cache_root
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 SOURCES = ("advantage.h", "advantage_ops.cpp", "advantage_cpu.cpp", "advantage_cuda.cu")
@@ -22,12 +23,6 @@ LIBRARY_NAME = "puffctl_ops.so"
 RECIPE = Path(__file__).resolve().parent.parent / "puffctl" / "build.py"
 
 _loaded: str | None = None
-
-
-def cache_root() -> Path:
-    """The cache folder: $PUFFCTL_CACHE_DIR, else ~/.cache/puffctl."""
-    configured = os.environ.get("PUFFCTL_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "puffctl"
 
 
 def _cpu_model() -> str:

@@ -15,7 +15,7 @@ from puffctl.cli import COMMANDS, load
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY = ("import atexit, sys; out = sys.argv.pop(1); atexit.register(lambda: open(out, 'w').write(' '.join(sys.modules))); "
-         "sys.argv[0] = 'puffctl'; from puffctl.cli import main; main()")
+         "sys.argv[0] = 'puffctl'; from puffctl.entry import main; main()")
 
 
 def imported_by(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, set[str]]:
@@ -39,6 +39,22 @@ def test_first_word_completion_reads_the_registry_only():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["runs"]
     assert not [n for n in names if n.startswith("puffctl.commands.") or n.split(".")[0] in ("rich", "pydantic")]
+
+
+def test_root_answers_are_kept_then_printed_without_typer(tmp_path):
+    cache = {"PUFFCTL_CACHE_DIR": str(tmp_path)}
+    tab = {"_PUFFCTL_COMPLETE": "complete_bash", "COMP_WORDS": "puffctl ", "COMP_CWORD": "1"}
+    for args, env in ((["--help"], cache), ([], {**cache, **tab})):
+        rendered, first = imported_by(*args, env=env)
+        kept, second = imported_by(*args, env=env)
+        assert rendered.returncode == kept.returncode == 0 and rendered.stdout, rendered.stderr
+        assert kept.stdout == rendered.stdout
+        assert "typer" in first and not {"typer", "click"} & second
+    wide, _ = imported_by("--help", env=cache)
+    narrow, _ = imported_by("--help", env={**cache, "COLUMNS": "50"})
+    assert max(map(len, narrow.stdout.splitlines())) <= 50 < max(map(len, wide.stdout.splitlines()))
+    unwritable, _ = imported_by("--help", env={"PUFFCTL_CACHE_DIR": "/proc/puffctl-cache"})
+    assert unwritable.returncode == 0 and unwritable.stdout == wide.stdout
 
 
 def test_group_completion_loads_that_group():
