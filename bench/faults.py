@@ -48,7 +48,8 @@ def bench_kills(directory: Path, kills: int, epochs: int, rng: random.Random, co
     reference = faults.losses_by_epoch(faults.read_events(directory / "straight"))
     totals = {"kills": 0, "in_checkpoint_write": 0, "resumes": 0, "resumes_ok": 0, "refused_or_crashed": 0,
               "wrong_epoch": 0, "runs_completed": 0, "lost_epochs": 0, "duplicated_epochs": 0,
-              "differing_epochs": 0, "rerun_progress_events": 0, "moments": {m: 0 for m in faults.MOMENTS}}
+              "differing_epochs": 0, "rerun_progress_events": 0, "moments": {m: 0 for m in faults.MOMENTS},
+              "failures": []}
     run_index, started = 0, time.monotonic()
     run_dir = directory / f"run{run_index}"
     while totals["kills"] < kills:
@@ -60,6 +61,8 @@ def bench_kills(directory: Path, kills: int, epochs: int, rng: random.Random, co
             totals["resumes_ok"] += healthy and right
             totals["refused_or_crashed"] += not healthy
             totals["wrong_epoch"] += not right
+            if not (healthy and right):
+                totals["failures"].append({**kill, "log_tail": log_tail(run_dir)})
         if kill["killed"]:
             totals["kills"] += 1
             totals["moments"][kill["moment"]] += 1
@@ -75,9 +78,20 @@ def bench_kills(directory: Path, kills: int, epochs: int, rng: random.Random, co
         totals["resumes"] += 1
         totals["resumes_ok"] += done.returncode == 0
         totals["refused_or_crashed"] += done.returncode != 0
+        if done.returncode != 0:
+            totals["failures"].append({"moment": "final resume", "returncode": done.returncode,
+                                       "log_tail": done.stderr[-2000:]})
         add_checked(totals, faults.check_stream(faults.read_events(run_dir), reference, epochs))
     totals["seconds"] = time.monotonic() - started
     return totals
+
+
+def log_tail(run_dir: Path, lines: int = 30) -> str:
+    """The end of the trainer's output for `run_dir` (kept in the JSON for a failed resume)."""
+    try:
+        return "\n".join((run_dir.parent / f"{run_dir.name}.log").read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def add_checked(totals: dict, checked: dict) -> None:
@@ -96,7 +110,7 @@ def bench_races(directory: Path, races: int, console: Console) -> dict:
     faults.wait_for(lambda: (run_dir / "checkpoints" / "epoch_00000002.pt").is_file(), timeout=900, what="a checkpoint")
     process.send_signal(signal.SIGKILL)
     process.wait()
-    totals = {"races": 0, "exactly_one_started": 0, "two_trainers": 0, "refusal_named_holder": 0}
+    totals = {"races": 0, "exactly_one_started": 0, "two_trainers": 0, "refusal_named_holder": 0, "unnamed": []}
     started_at = time.monotonic()
     args = ("train", "--resume", run_dir.name, "--detach", "--runs-dir", str(directory))
     for race in range(races):
@@ -107,7 +121,9 @@ def bench_races(directory: Path, races: int, console: Console) -> dict:
         losers = [result for result in results if result[0] != 0]
         totals["races"] += 1
         totals["exactly_one_started"] += len(winners) == 1
-        totals["refusal_named_holder"] += all("is in use by" in result[2] and " pid " in result[2] for result in losers)
+        unnamed = [result[2][-500:] for result in losers if not ("is in use by" in result[2] and " pid " in result[2])]
+        totals["refusal_named_holder"] += not unnamed
+        totals["unnamed"] += unnamed
         trainer = json.loads((run_dir / "launch.json").read_text())["pid"]
         faults.wait_for(lambda: faults.starts(run_dir) > before or not alive(trainer), timeout=900, what="the trainer's start")
         time.sleep(0.2)  # a second trainer, if any had started, would write its start event too

@@ -28,6 +28,8 @@ from pathlib import Path
 LOCK_FILE = "run.lock"
 #: How long an acquire waits out readers' brief shared probes (never a real holder).
 PROBE_WAIT = 1.0
+#: Seconds a refused process waits for a new holder to write its record.
+RECORD_WAIT = 1.0
 
 
 class RunLocked(Exception):
@@ -82,6 +84,15 @@ def _read(fd: int) -> dict:
     return info if isinstance(info, dict) else {}
 
 
+def _recorded_holder(fd: int) -> dict:
+    """The holder's record, waiting up to RECORD_WAIT for one that has just taken the lock and
+    not yet written it (so a refusal can name the pid)."""
+    deadline = time.monotonic() + RECORD_WAIT
+    while not (info := _read(fd)).get("pid") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return info
+
+
 def _lock(fd: int, run_dir: Path) -> None:
     """Take the exclusive lock on `fd`, waiting out shared probes; RunLocked if a holder has it."""
     deadline = time.monotonic() + PROBE_WAIT
@@ -94,7 +105,7 @@ def _lock(fd: int, run_dir: Path) -> None:
         try:  # only readers' shared probes in the way, or an exclusive holder?
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLocked(run_dir, _read(fd)) from None
+            raise RunLocked(run_dir, _recorded_holder(fd)) from None
         fcntl.flock(fd, fcntl.LOCK_UN)
         if time.monotonic() > deadline:
             raise RunLocked(run_dir, {})

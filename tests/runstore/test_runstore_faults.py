@@ -3,12 +3,14 @@ raced, given damaged checkpoints and event lines, and starved of disk."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,20 @@ def test_runstore_double_resume_starts_exactly_one_trainer_and_rm_is_refused_whi
     assert runs.get_run(tmp_path, "run").status == "lost"
     runs.remove_run(tmp_path, "run")
     assert not run_dir.exists()
+
+
+def test_runstore_a_refusal_names_a_holder_that_has_not_yet_written_its_record(tmp_path):
+    """The gap between a holder's flock and its record: the refused process waits for the pid."""
+    fd = os.open(tmp_path / runlock.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    writer = threading.Timer(0.2, lambda: runlock.RunLock(tmp_path, fd).record("launcher"))
+    writer.start()
+    try:
+        with pytest.raises(runlock.RunLocked, match=rf"in use by launcher pid {os.getpid()} on "):
+            runlock.acquire(tmp_path, "trainer")
+    finally:
+        writer.join()
+        os.close(fd)
 
 
 def test_runstore_damaged_checkpoints_fall_back_to_the_newest_intact_one(tmp_path):
