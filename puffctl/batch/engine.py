@@ -14,7 +14,6 @@ while no orchestrator watched it is still a result:
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -183,15 +182,21 @@ class Engine:
     def _start(self, cell: Cell, slot: str) -> None:
         path = self.batch.run_dir(cell.cell_id)
         current = self.batch.state[cell.cell_id]
-        resume = current.status != "failed" and path.is_dir() and (path / "config.yaml").is_file() and bool(
-            runs.load_run(path).checkpoint_files())
-        if not resume:
-            shutil.rmtree(path, ignore_errors=True)
-            record = {"profile": cell.profile, "sets": list(cell.sets), "env": cell.config["env"]["name"],
-                      "batch": self.batch.name, "cell": cell.cell_id, "group": cell.group, "seed": cell.seed}
-            launch.prepare(self.batch.runs_root, cell.cell_id, cell.config, record, exact=True)
-        offset = (path / "events.jsonl").stat().st_size if resume and (path / "events.jsonl").exists() else 0
-        handle = self.executor.start(Job(cell.cell_id, path, slot, resume=resume))
+        handle = self.executor.running(path)
+        offset = 0  # an orphan (a trainer the state has no handle for) is followed from its first event
+        if handle is not None:
+            self.adopted.add(cell.cell_id)
+        else:
+            resume = current.status != "failed" and path.is_dir() and (path / "config.yaml").is_file() and bool(
+                runs.load_run(path).checkpoint_files())
+            if not resume:
+                if path.is_dir():  # under its lock: a live process's directory is never deleted
+                    runs.remove_run(self.batch.runs_root, cell.cell_id)
+                record = {"profile": cell.profile, "sets": list(cell.sets), "env": cell.config["env"]["name"],
+                          "batch": self.batch.name, "cell": cell.cell_id, "group": cell.group, "seed": cell.seed}
+                launch.prepare(self.batch.runs_root, cell.cell_id, cell.config, record, exact=True)
+            offset = (path / "events.jsonl").stat().st_size if resume and (path / "events.jsonl").exists() else 0
+            handle = self.executor.start(Job(cell.cell_id, path, slot, resume=resume))
         current.status, current.handle, current.slot = "running", handle, slot
         current.starts += 1
         current.started, current.ended, current.reason = time.time(), None, None
