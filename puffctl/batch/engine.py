@@ -22,8 +22,9 @@ from pathlib import Path
 
 from puffctl import launch, runs
 from puffctl.batch import state as batch_state
-from puffctl.batch.spec import Cell, Spec, expand, load, metric_value
+from puffctl.batch.spec import Cell, Spec, expand, load
 from puffctl.batch.state import Batch, Lock
+from puffctl.curves import effective_progress, pick
 from puffctl.errors import PuffctlError
 from puffctl.events import fold, read_events
 from puffctl.executors.base import Executor, Exit, Job
@@ -212,7 +213,7 @@ class Engine:
             if event.get("type") == "progress":
                 live.steps = int(event.get("agent_steps") or live.steps)
                 live.sps, live.eta = event.get("sps"), event.get("eta")
-                value = metric_value(event, self.batch.spec.metric)
+                value = pick(event, self.batch.spec.metric)
                 live.metric = value if value is not None else live.metric
 
     def _follow(self, cell_id: str) -> str:
@@ -241,9 +242,9 @@ class Engine:
         end = last_end(events)
         current.handle, current.ended = None, time.time()
         current.steps = final.agent_steps
-        current.metric = self.live.get(cell_id, Live()).metric
+        current.metric = final_metric(events, self.batch.spec.metric)
         if current.metric is None:
-            current.metric = final_metric(events, self.batch.spec.metric)
+            current.metric = self.live.get(cell_id, Live()).metric
         if end.get("status") == "completed":
             current.status, current.reason = "completed", None
         elif end.get("status") == "failed" and end.get("cause") == "diverged":
@@ -285,8 +286,9 @@ def last_end(events: list[dict]) -> dict:
 
 
 def final_metric(events: list[dict], metric: str) -> float | None:
-    """The last value of `metric` in progress events."""
-    values = [metric_value(event, metric) for event in events if event["type"] == "progress"]
+    """The last value of `metric` in the run's effective progress (a resumed start supersedes
+    the progress past its epoch: puffctl.curves.effective_progress)."""
+    values = [pick(event, metric) for event in effective_progress(events)]
     values = [value for value in values if value is not None]
     return values[-1] if values else None
 

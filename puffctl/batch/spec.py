@@ -251,15 +251,3 @@ def expand(spec: Spec) -> list[Cell]:
 def baseline_group(spec: Spec, cell: Cell) -> str:
     """The group a cell's group is compared against: the baseline variant at the same grid point."""
     return group_name(spec.baseline or spec.variants[0].label, cell.point)
-
-
-def metric_value(event: Mapping, key: str) -> float | None:
-    """The finite number at dotted `key` in a progress event (e.g. env.episode_return), else None."""
-    value: Any = event
-    for part in key.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        return None
-    return float(value)
