@@ -88,6 +88,8 @@ class Engine:
     live view; a tuner learns results here). `feed(engine)`, when given, is asked for more
     cells whenever a slot is free and nothing is queued (a sweep's next trials); they are
     added to the batch. The run ends when nothing is queued or running and `feed` gives none.
+    `fresh_retries`: a resume gives cells that crashed past their retries a new budget (an
+    ablation's rule); a sweep keeps them crashed, so `retries` counts across restarts.
     """
 
     batch: Batch
@@ -96,6 +98,7 @@ class Engine:
     feed: Callable[[Engine], list[Cell]] | None = None
     poll: float = 0.2
     retry_failed: bool = False
+    fresh_retries: bool = True
     live: dict[str, Live] = field(default_factory=dict)
     active: dict[str, str] = field(default_factory=dict)
     stopping: int = 0
@@ -125,8 +128,8 @@ class Engine:
 
     def _wanted(self, cell: Cell) -> bool:
         current = self.batch.state[cell.cell_id]
-        if current.status == "crashed":
-            current.crashes = 0  # a resume gives crashed cells a fresh retry budget
+        if current.status == "crashed" and self.fresh_retries:
+            current.crashes = 0
             current.status = "pending"
         return current.status in ("pending", "interrupted") or (self.retry_failed and current.status == "failed")
 
