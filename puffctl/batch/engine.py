@@ -28,6 +28,7 @@ from puffctl.curves import effective_progress, pick
 from puffctl.errors import PuffctlError
 from puffctl.events import fold, read_events
 from puffctl.executors.base import Executor, Exit, Job
+from trainer.config import steps_to_train
 
 
 #: A dry run's guess per cell, before any cell of the batch has run: `python -m trainer`'s
@@ -76,7 +77,7 @@ def create(root: Path, planned: Plan) -> Batch:
 
 def estimate(cells: list[Cell], slots: int, *, startup: float, sps: float) -> float:
     """Rough seconds to run `cells` on `slots`: per cell, startup plus steps at `sps`."""
-    seconds = [startup + cell.config["train"]["total_timesteps"] / sps for cell in cells]
+    seconds = [startup + steps_to_train(cell.config) / sps for cell in cells]
     return sum(seconds) / slots if seconds else 0.0
 
 
