@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,23 +44,23 @@ class Curve:
         return values[left] + share * (values[right] - values[left])
 
 
-def pick(reading: dict, metric: str) -> float | None:
-    """`metric` from a progress event: "env.K", "losses.K", "sps", or a bare K (env first, then losses)."""
-    section, _, key = metric.rpartition(".")
-    if metric == "sps":
-        value = reading.get("sps")
-    elif section:
-        value = (reading.get(section) or {}).get(key)
+def pick(reading: Mapping, metric: str) -> float | None:
+    """`metric` from a progress event: a dotted key ("env.episode_return", "losses.policy_loss",
+    "sps"), or a bare key of `env`, else of `losses`; None unless it is a finite number."""
+    if "." in metric or metric in reading:
+        value: object = reading
+        for part in metric.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
     else:
-        value = (reading.get("env") or {}).get(key, (reading.get("losses") or {}).get(key))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        value = (reading.get("env") or {}).get(metric, (reading.get("losses") or {}).get(metric))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
 
 
 def default_metric(path: Path) -> str:
     """The run's return metric: the first of RETURN_KEYS its progress events carry."""
-    for event in _progress(path):
+    for event in effective_progress(_events(path)):
         env = event.get("env") or {}
         for key in RETURN_KEYS:
             if key in env:
@@ -66,42 +68,69 @@ def default_metric(path: Path) -> str:
     return RETURN_KEYS[0]
 
 
-def _progress(path: Path):
+def _events(path: Path) -> Iterator[dict]:
+    """The run's start and progress events (the lines a curve needs; others are not parsed)."""
     try:
         handle = (path / "events.jsonl").open(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return
     with handle:
         for line in handle:
-            if '"progress"' not in line:
+            if '"progress"' not in line and '"start"' not in line:
                 continue
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(event, dict) and event.get("type") == "progress":
+            if isinstance(event, dict) and event.get("type") in ("start", "progress"):
                 yield event
 
 
-def read_curve(path: Path, metric: str) -> Curve:
-    """The `metric` curve of the run in directory `path` from its progress events."""
-    steps, values, sps = [], [], []
-    for event in _progress(path):
+def effective_progress(events: Iterable[dict]) -> list[dict]:
+    """A run's progress events as its stream means them (docs/reliability.md): a start at epoch E
+    supersedes the earlier progress of epochs after E, which died with their process and were
+    run again. (Streams without epochs compare agent_steps.)"""
+    kept: list[dict] = []
+    for event in events:
+        if event.get("type") == "start":
+            kept = [progress for progress in kept if not _superseded(progress, event)]
+        elif event.get("type") == "progress":
+            kept.append(event)
+    return kept
+
+
+def _superseded(progress: dict, start: dict) -> bool:
+    if isinstance(progress.get("epoch"), int) and isinstance(start.get("epoch"), int):
+        return progress["epoch"] > start["epoch"]
+    return _number(progress.get("agent_steps"), 0.0) > _number(start.get("agent_steps"), 0.0)
+
+
+def _number(value: object, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def curve(events: Iterable[dict], metric: str, run_id: str = "") -> Curve:
+    """The `metric` curve of a run's events: its effective progress (above) that carries the
+    metric, strictly ascending in agent steps (every reader of curves goes through here)."""
+    steps: list[float] = []
+    values: list[float] = []
+    sps: list[float] = []
+    for event in effective_progress(events):
         step = event.get("agent_steps")
-        if not isinstance(step, (int, float)):
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
             continue
-        if isinstance(event.get("sps"), (int, float)):
+        if pick(event, "sps") is not None:
             sps.append(float(event["sps"]))
         value = pick(event, metric)
-        if value is None:
-            continue
-        if steps and step <= steps[-1]:  # a resumed run repeats steps after its last checkpoint
-            while steps and steps[-1] >= step:
-                steps.pop()
-                values.pop()
-        steps.append(float(step))
-        values.append(value)
-    return Curve(path.name, metric, steps, values, sps)
+        if value is not None and (not steps or step > steps[-1]):
+            steps.append(float(step))
+            values.append(value)
+    return Curve(run_id, metric, steps, values, sps)
+
+
+def read_curve(path: Path, metric: str) -> Curve:
+    """The `metric` curve of the run in directory `path` from its events."""
+    return curve(_events(path), metric, path.name)
 
 
 def pins(root: Path) -> dict[str, str]:

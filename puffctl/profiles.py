@@ -230,6 +230,7 @@ def build_config(
     env: str | None = None,
     seed: int | None = None,
     steps: int | None = None,
+    stop_at_steps: int | None = None,
     logger: str | None = None,
 ) -> dict:
     """The fully resolved trainer config for a profile and the command line's overrides.
@@ -246,6 +247,8 @@ def build_config(
         flags = deep_merge(flags, {"train": {"seed": seed}})
     if steps is not None:
         flags = deep_merge(flags, {"train": {"total_timesteps": steps}})
+    if stop_at_steps is not None:
+        flags = deep_merge(flags, {"train": {"stop_at_steps": stop_at_steps}})
     if logger is not None:
         flags = deep_merge(flags, {"logger": {"backend": logger}})
     if flags:

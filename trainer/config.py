@@ -49,6 +49,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "train": {
         "seed": Key("int", 42, "seed of torch, numpy, python and the environments", min=0),
         "total_timesteps": Key("int", 10_000_000, "agent steps to train for", min=1),
+        "stop_at_steps": Key("int", None, "stop (completed) after this many agent steps; the schedules (LR anneal, "
+                             "prio_beta) still run over total_timesteps; null = train to total_timesteps",
+                             nullable=True, min=1),
         "device": Key("str", "auto", "auto picks CUDA when available", choices=("auto", "cpu", "cuda")),
         "torch_deterministic": Key("bool", True, "deterministic torch algorithms (exact seeds and resume on CPU)"),
         "cpu_threads": Key("int", 1, "torch CPU threads; null uses every core (slower on small boxes: see docs/trainer.md)",
@@ -249,6 +252,17 @@ def _check_combinations(config: dict) -> None:
         raise ConfigError(
             f"train.batch_size={batch} / train.bptt_horizon={horizon} gives {segments} segments, "
             f"not a multiple of env.num_envs={num_envs} (each agent fills whole segments)")
+    stop, total = train["stop_at_steps"], train["total_timesteps"]
+    if stop is not None and stop > total:
+        raise ConfigError(f"train.stop_at_steps={stop} must be <= train.total_timesteps={total} "
+                          "(it stops a run early; the schedules follow total_timesteps)")
+
+
+def steps_to_train(config: Mapping) -> int:
+    """Where a run stops: train.stop_at_steps when set, else train.total_timesteps (the
+    schedules follow total_timesteps either way)."""
+    train = config["train"]
+    return train.get("stop_at_steps") or train["total_timesteps"]
 
 
 def resolve(overrides: Mapping) -> dict:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from trainer import checkpoint, provenance, runlock
-from trainer.config import ConfigError
+from trainer.config import ConfigError, steps_to_train
 from trainer.events import EventWriter
 from trainer.watchdog import Watchdog
 
@@ -167,7 +167,7 @@ class Run:
 
     def _loop(self, trainer, profiler, utilization, loss_keys) -> int:
         config, events = self.config, self.events
-        total_steps = config["train"]["total_timesteps"]
+        total_steps = steps_to_train(config)
         interval = config["train"]["checkpoint_interval"]
         progress_interval = config["logger"]["progress_interval"]
         source = provenance.record(self.run_dir, Path(__file__).resolve().parent.parent)
@@ -217,7 +217,7 @@ class Run:
 
     def _progress(self, trainer, profiler, utilization, losses: dict, env: dict) -> None:
         sps = profiler.sps()
-        total = self.config["train"]["total_timesteps"]
+        total = steps_to_train(self.config)
         remaining = max(total - trainer.agent_steps, 0)
         self.events.emit(
             "progress", epoch=trainer.epoch, agent_steps=trainer.agent_steps, total_steps=total,

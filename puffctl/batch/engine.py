@@ -14,7 +14,6 @@ while no orchestrator watched it is still a result:
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -23,11 +22,13 @@ from pathlib import Path
 
 from puffctl import launch, runs
 from puffctl.batch import state as batch_state
-from puffctl.batch.spec import Cell, Spec, expand, load, metric_value
+from puffctl.batch.spec import Cell, Spec, expand, load
 from puffctl.batch.state import Batch, Lock
+from puffctl.curves import effective_progress, pick
 from puffctl.errors import PuffctlError
 from puffctl.events import fold, read_events
 from puffctl.executors.base import Executor, Exit, Job
+from trainer.config import steps_to_train
 
 
 #: A dry run's guess per cell, before any cell of the batch has run: `python -m trainer`'s
@@ -76,7 +77,7 @@ def create(root: Path, planned: Plan) -> Batch:
 
 def estimate(cells: list[Cell], slots: int, *, startup: float, sps: float) -> float:
     """Rough seconds to run `cells` on `slots`: per cell, startup plus steps at `sps`."""
-    seconds = [startup + cell.config["train"]["total_timesteps"] / sps for cell in cells]
+    seconds = [startup + steps_to_train(cell.config) / sps for cell in cells]
     return sum(seconds) / slots if seconds else 0.0
 
 
@@ -88,6 +89,8 @@ class Engine:
     live view; a tuner learns results here). `feed(engine)`, when given, is asked for more
     cells whenever a slot is free and nothing is queued (a sweep's next trials); they are
     added to the batch. The run ends when nothing is queued or running and `feed` gives none.
+    `fresh_retries`: a resume gives cells that crashed past their retries a new budget (an
+    ablation's rule); a sweep keeps them crashed, so `retries` counts across restarts.
     """
 
     batch: Batch
@@ -96,6 +99,7 @@ class Engine:
     feed: Callable[[Engine], list[Cell]] | None = None
     poll: float = 0.2
     retry_failed: bool = False
+    fresh_retries: bool = True
     live: dict[str, Live] = field(default_factory=dict)
     active: dict[str, str] = field(default_factory=dict)
     stopping: int = 0
@@ -125,8 +129,8 @@ class Engine:
 
     def _wanted(self, cell: Cell) -> bool:
         current = self.batch.state[cell.cell_id]
-        if current.status == "crashed":
-            current.crashes = 0  # a resume gives crashed cells a fresh retry budget
+        if current.status == "crashed" and self.fresh_retries:
+            current.crashes = 0
             current.status = "pending"
         return current.status in ("pending", "interrupted") or (self.retry_failed and current.status == "failed")
 
@@ -183,15 +187,21 @@ class Engine:
     def _start(self, cell: Cell, slot: str) -> None:
         path = self.batch.run_dir(cell.cell_id)
         current = self.batch.state[cell.cell_id]
-        resume = current.status != "failed" and path.is_dir() and (path / "config.yaml").is_file() and bool(
-            runs.load_run(path).checkpoint_files())
-        if not resume:
-            shutil.rmtree(path, ignore_errors=True)
-            record = {"profile": cell.profile, "sets": list(cell.sets), "env": cell.config["env"]["name"],
-                      "batch": self.batch.name, "cell": cell.cell_id, "group": cell.group, "seed": cell.seed}
-            launch.prepare(self.batch.runs_root, cell.cell_id, cell.config, record, exact=True)
-        offset = (path / "events.jsonl").stat().st_size if resume and (path / "events.jsonl").exists() else 0
-        handle = self.executor.start(Job(cell.cell_id, path, slot, resume=resume))
+        handle = self.executor.running(path)
+        offset = 0  # an orphan (a trainer the state has no handle for) is followed from its first event
+        if handle is not None:
+            self.adopted.add(cell.cell_id)
+        else:
+            resume = current.status != "failed" and path.is_dir() and (path / "config.yaml").is_file() and bool(
+                runs.load_run(path).checkpoint_files())
+            if not resume:
+                if path.is_dir():  # under its lock: a live process's directory is never deleted
+                    runs.remove_run(self.batch.runs_root, cell.cell_id)
+                record = {"profile": cell.profile, "sets": list(cell.sets), "env": cell.config["env"]["name"],
+                          "batch": self.batch.name, "cell": cell.cell_id, "group": cell.group, "seed": cell.seed}
+                launch.prepare(self.batch.runs_root, cell.cell_id, cell.config, record, exact=True)
+            offset = (path / "events.jsonl").stat().st_size if resume and (path / "events.jsonl").exists() else 0
+            handle = self.executor.start(Job(cell.cell_id, path, slot, resume=resume))
         current.status, current.handle, current.slot = "running", handle, slot
         current.starts += 1
         current.started, current.ended, current.reason = time.time(), None, None
@@ -207,7 +217,7 @@ class Engine:
             if event.get("type") == "progress":
                 live.steps = int(event.get("agent_steps") or live.steps)
                 live.sps, live.eta = event.get("sps"), event.get("eta")
-                value = metric_value(event, self.batch.spec.metric)
+                value = pick(event, self.batch.spec.metric)
                 live.metric = value if value is not None else live.metric
 
     def _follow(self, cell_id: str) -> str:
@@ -236,9 +246,9 @@ class Engine:
         end = last_end(events)
         current.handle, current.ended = None, time.time()
         current.steps = final.agent_steps
-        current.metric = self.live.get(cell_id, Live()).metric
+        current.metric = final_metric(events, self.batch.spec.metric)
         if current.metric is None:
-            current.metric = final_metric(events, self.batch.spec.metric)
+            current.metric = self.live.get(cell_id, Live()).metric
         if end.get("status") == "completed":
             current.status, current.reason = "completed", None
         elif end.get("status") == "failed" and end.get("cause") == "diverged":
@@ -280,8 +290,9 @@ def last_end(events: list[dict]) -> dict:
 
 
 def final_metric(events: list[dict], metric: str) -> float | None:
-    """The last value of `metric` in progress events."""
-    values = [metric_value(event, metric) for event in events if event["type"] == "progress"]
+    """The last value of `metric` in the run's effective progress (a resumed start supersedes
+    the progress past its epoch: puffctl.curves.effective_progress)."""
+    values = [pick(event, metric) for event in effective_progress(events)]
     values = [value for value in values if value is not None]
     return values[-1] if values else None
 

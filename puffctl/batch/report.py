@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from puffctl.batch.spec import Cell, baseline_group, metric_value
+from puffctl.batch.spec import Cell, baseline_group
 from puffctl.batch.state import FINISHED, Batch
+from puffctl.curves import curve as run_curve
 from puffctl.errors import PuffctlError
 from puffctl.events import RunState, read_events
 
@@ -92,25 +93,6 @@ class Report:
     missing: list[tuple[Cell, str]] = field(default_factory=list)
 
 
-def curve(events: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(agent_steps, metric) from progress events; a resumed segment replaces the points after
-    its checkpoint, so the curve is increasing in steps."""
-    points: list[tuple[int, float]] = []
-    for event in events:
-        if event["type"] == "start" and event.get("resumed"):
-            resumed_at = int(event.get("agent_steps") or 0)
-            points = [point for point in points if point[0] <= resumed_at]
-        elif event["type"] == "progress":
-            value = metric_value(event, metric)
-            steps = event.get("agent_steps")
-            if value is not None and isinstance(steps, int) and (not points or steps > points[-1][0]):
-                points.append((steps, value))
-    if not points:
-        return np.zeros(0), np.zeros(0)
-    steps, values = zip(*points)
-    return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-
-
 def metric_keys(events: list[dict]) -> list[str]:
     """The dotted numeric keys the progress events carry (for a "no such metric" error)."""
     found: set[str] = set()
@@ -137,21 +119,19 @@ def load_curves(batch: Batch, metric: str) -> tuple[list[RunCurve], list[tuple[C
             missing.append((cell, status))
             continue
         events = read_events(batch.run_dir(cell.cell_id) / "events.jsonl")
-        steps, values = curve(events, metric)
+        read = run_curve(events, metric)  # a resumed start supersedes the progress past its epoch
+        steps, values = np.asarray(read.steps, dtype=float), np.asarray(read.values, dtype=float)
         if not len(steps) and status == "completed":
             keys = metric_keys(events)
             raise PuffctlError(f"metric {metric!r} is not in cell {cell.cell_id} ({cell.group} seed {cell.seed})'s events; "
                                f"keys there: {', '.join(keys) or 'none'}")
         state = RunState()  # only its segment timing: start and end events, and the last event's time
-        speeds = []
         for event in events:
             if event["type"] in ("start", "end"):
                 state.apply(event)
-            elif event["type"] == "progress" and isinstance(event.get("sps"), (int, float)):
-                speeds.append(float(event["sps"]))
         if events:
             state.apply({"type": "", "time": events[-1].get("time")})
-        found.append(RunCurve(cell, steps, values, float(np.mean(speeds)) if speeds else None, state.duration, status))
+        found.append(RunCurve(cell, steps, values, float(np.mean(read.sps)) if read.sps else None, state.duration, status))
     return found, missing
 
 

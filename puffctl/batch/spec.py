@@ -20,7 +20,7 @@ from typing import Any
 from puffctl import profiles, runs
 from puffctl.errors import PuffctlError
 
-SPEC_KEYS = ("name", "description", "variants", "grid", "seeds", "env", "steps", "metric", "higher_is_better",
+SPEC_KEYS = ("name", "description", "variants", "grid", "seeds", "env", "steps", "stop_at_steps", "metric", "higher_is_better",
              "target", "baseline", "retries", "slots", "where", "per_gpu")
 VARIANT_KEYS = ("label", "profile", "set")
 DEFAULT_METRIC = "env.episode_return"
@@ -49,6 +49,7 @@ class Spec:
     grid: dict[str, list] = field(default_factory=dict)
     env: str | None = None
     steps: int | None = None
+    stop_at_steps: int | None = None
     retries: int = 1
     slots: int | None = None
     description: str = ""
@@ -187,7 +188,7 @@ def parse(data: Any, source: str = "spec") -> Spec:
     env = data.get("env")
     if env is not None and not isinstance(env, str):
         raise PuffctlError(f"{source}: env={env!r} must be an env name")
-    steps = data.get("steps")
+    steps, stop_at = data.get("steps"), data.get("stop_at_steps")
     slots = data.get("slots")
     return Spec(
         name=name,
@@ -200,6 +201,7 @@ def parse(data: Any, source: str = "spec") -> Spec:
         grid={str(key): list(values) for key, values in (grid or {}).items()},
         env=env,
         steps=None if steps is None else _int(steps, f"{source}: steps", 1),
+        stop_at_steps=None if stop_at is None else _int(stop_at, f"{source}: stop_at_steps", 1),
         retries=_int(data.get("retries", 1), f"{source}: retries", 0),
         slots=None if slots is None else _int(slots, f"{source}: slots", 1),
         description=str(data.get("description") or ""),
@@ -214,9 +216,10 @@ def group_name(label: str, point: tuple[tuple[str, Any], ...]) -> str:
 
 
 def make_cell(profile: profiles.Profile, group: str, variant: str, sets: tuple[str, ...], seed: int, *,
-              point: tuple[tuple[str, Any], ...] = (), env: str | None = None, steps: int | None = None) -> Cell:
+              point: tuple[tuple[str, Any], ...] = (), env: str | None = None, steps: int | None = None,
+              stop_at_steps: int | None = None) -> Cell:
     """One cell: the config `puffctl train PROFILE --set ... --seed SEED` would train, and its id."""
-    config = profiles.build_config(profile, sets=sets, env=env, seed=seed, steps=steps)
+    config = profiles.build_config(profile, sets=sets, env=env, seed=seed, steps=steps, stop_at_steps=stop_at_steps)
     return Cell(cell_id(config), group, variant, point, seed, profile.name, tuple(sets), config)
 
 
@@ -238,7 +241,7 @@ def expand(spec: Spec) -> list[Cell]:
             for seed in spec.seeds:
                 try:
                     cell = make_cell(loaded[variant.profile], group, variant.label, sets, seed, point=point,
-                                     env=spec.env, steps=spec.steps)
+                                     env=spec.env, steps=spec.steps, stop_at_steps=spec.stop_at_steps)
                 except PuffctlError as error:
                     raise PuffctlError(f"{spec.source}: cell {group} seed {seed}: {error}") from None
                 if cell.cell_id in seen:
@@ -251,15 +254,3 @@ def expand(spec: Spec) -> list[Cell]:
 def baseline_group(spec: Spec, cell: Cell) -> str:
     """The group a cell's group is compared against: the baseline variant at the same grid point."""
     return group_name(spec.baseline or spec.variants[0].label, cell.point)
-
-
-def metric_value(event: Mapping, key: str) -> float | None:
-    """The finite number at dotted `key` in a progress event (e.g. env.episode_return), else None."""
-    value: Any = event
-    for part in key.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        return None
-    return float(value)

@@ -107,6 +107,12 @@ def _executor(spec, where: Optional[str], reassign_after: Optional[str], count: 
 def _print_plan(planned, slots: int) -> None:
     from puffctl.batch import engine
     from puffctl.dashboard import fit_width, human_count, human_duration
+    from trainer.config import steps_to_train
+
+    def steps(config: dict) -> str:
+        total = config["train"]["total_timesteps"]
+        stop = steps_to_train(config)
+        return human_count(stop) + (f" of {human_count(total)}" if stop < total else "")
 
     fit_width(console)
     table = Table(title=f"{escape(planned.spec.name)}: {len(planned.cells)} cells (dry run)")
@@ -114,7 +120,7 @@ def _print_plan(planned, slots: int) -> None:
         table.add_column(column)
     for cell in planned.cells:
         table.add_row(cell.cell_id, escape(cell.group), str(cell.seed), cell.profile, cell.config["env"]["name"],
-                      human_count(cell.config["train"]["total_timesteps"]), escape(" ".join(cell.sets)) or "-")
+                      steps(cell.config), escape(" ".join(cell.sets)) or "-")
     console.print(table)
     seconds = engine.estimate(planned.cells, slots, startup=engine.GUESS_STARTUP, sps=engine.GUESS_SPS)
     console.print(f"estimated {human_duration(seconds)} on {slots} slot(s) (a rough guess: {engine.GUESS_STARTUP:.0f} s startup "

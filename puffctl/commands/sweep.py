@@ -94,11 +94,11 @@ def _run(sweep, slots: int) -> int:
                     last[0] = now
                     live.update(trials_table(sweep, engine), refresh=True)
 
-            engine = Engine(sweep.batch, LocalExecutor(slots), on_change=redraw, feed=sweep.feed)
+            engine = sweep.engine(LocalExecutor(slots), redraw)
             engine.run()
             live.update(trials_table(sweep, engine), refresh=True)
     else:
-        engine = Engine(sweep.batch, LocalExecutor(slots), on_change=lines, feed=sweep.feed)
+        engine = sweep.engine(LocalExecutor(slots), lines)
         engine.run()
     records = sweep.tuner.trials()
     done = sum(record.state == "completed" for record in records)

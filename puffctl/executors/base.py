@@ -70,6 +70,12 @@ class Executor(ABC):
         """Take over a cell started by an earlier orchestrator: True if its process still
         runs (the engine then follows it like its own), False if it has gone."""
 
+    def running(self, run_dir: Path) -> Handle | None:
+        """The handle of a process already running the cell in `run_dir` that the batch state
+        does not know of (its orchestrator died between starting it and saving the handle),
+        or None. The engine adopts it instead of starting a second one."""
+        return None
+
     def collect(self, handle: Handle, run_dir: Path) -> None:
         """Bring the finished cell's run directory to `run_dir` (nothing to do locally)."""
 

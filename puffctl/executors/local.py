@@ -85,6 +85,13 @@ class LocalExecutor(Executor):
         except ProcessLookupError:
             pass
 
+    def running(self, run_dir: Path) -> Handle | None:
+        """The process on this host that holds `run_dir`'s lock, as a handle."""
+        held = owner(run_dir)
+        if not held or not held.get("pid"):
+            return None
+        return {"executor": self.kind, "host": socket.gethostname(), "pid": held["pid"], "run_dir": str(run_dir)}
+
     def adopt(self, handle: Handle) -> bool:
         """Still running here: a process on this host holds the cell's run directory."""
         return handle.get("executor") == self.kind and owner(Path(handle.get("run_dir", ""))) is not None

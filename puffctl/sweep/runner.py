@@ -17,6 +17,7 @@ no orchestrator watched, so nothing is asked twice and nothing is lost.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
@@ -24,7 +25,9 @@ from statistics import mean
 from puffctl import profiles, runs
 from puffctl.batch import spec as batch_spec
 from puffctl.batch import state as batch_state
+from puffctl.batch.engine import Engine
 from puffctl.errors import PuffctlError
+from puffctl.executors.base import Executor
 from puffctl.sweep import spec as sweep_spec
 from puffctl.sweep.tuner import Tuner, TrialRecord, sqlite_url
 
@@ -82,6 +85,12 @@ class Sweep:
             cells.append(batch_spec.Cell(cell_name(trial.number, seed), f"trial {trial.number + 1}", "trial", point, seed,
                                          loaded.name, sets, config))
         return cells
+
+    def engine(self, executor: Executor, on_change: Callable | None = None) -> Engine:
+        """The batch engine that runs this sweep's cells as the tuner asks for them. A cell that
+        crashed past its retries stays crashed on resume (its trial was failed for the tuner):
+        `retries` counts a cell's crashes across every restart (they persist in state.json)."""
+        return Engine(self.batch, executor, on_change=on_change, feed=self.feed, fresh_retries=False)
 
     def feed(self, _engine=None) -> list[batch_spec.Cell]:
         """The next trial's cells, or none once the budget is asked for."""

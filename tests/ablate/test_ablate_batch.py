@@ -169,3 +169,29 @@ def test_ablate_ctrl_c_checkpoints_the_cells_and_resume_continues_them(tmp_path)
     events = read_events(run_dirs / cell_id / "events.jsonl")
     assert [event.get("resumed") for event in events if event["type"] == "start"] == [False, True]
     assert starts(tmp_path) == {cell_id: 2}
+
+
+def test_ablate_a_live_trainer_the_state_has_no_handle_for_is_adopted_not_deleted(tmp_path):
+    """The orchestrator died between starting a cell's trainer and saving its handle: the next
+    one must follow that trainer, not delete its run directory and start a second."""
+    from puffctl import launch
+    from puffctl.batch import engine
+    from puffctl.executors.local import LocalExecutor
+
+    spec = spec_file(tmp_path, name="orphan", seeds=1, steps=4096, variants=[{"label": "puff", "profile": "baseline"}])
+    batch = engine.create(tmp_path / "ablations", engine.plan(spec))
+    (cell,) = batch.cells
+    path = launch.prepare(batch.runs_root, cell.cell_id, cell.config, {"batch": "orphan", "cell": cell.cell_id}, exact=True)
+    orphan = launch.start(path)  # holds the run lock from here on; the batch state still says pending
+    inode = path.stat().st_ino
+    try:
+        counts = engine.Engine(batch, LocalExecutor(1), poll=0.05).run()
+        assert orphan.wait(timeout=300) == 0
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+    assert counts["completed"] == 1 and batch.state[cell.cell_id].starts == 1
+    assert path.stat().st_ino == inode
+    events = read_events(path / "events.jsonl")
+    assert [event["type"] for event in events if event["type"] in ("start", "end")] == ["start", "end"]
+    assert events[-1]["status"] == "completed"

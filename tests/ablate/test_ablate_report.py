@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from puffctl import curves
 from puffctl.batch import engine, report, state
 from puffctl.errors import PuffctlError
 
@@ -137,8 +138,34 @@ def test_ablate_report_lower_is_better_flips_the_comparison(tmp_path):
 def test_ablate_report_curve_drops_points_a_resume_replaced():
     events = [{"type": "start"}] + [{"type": "progress", "agent_steps": s, "env": {"r": float(s)}} for s in (1, 2, 3)]
     events += [{"type": "start", "resumed": True, "agent_steps": 1}, {"type": "progress", "agent_steps": 2, "env": {"r": 20.0}}]
-    steps, values = report.curve(events, "env.r")
-    assert list(steps) == [1, 2] and list(values) == [1.0, 20.0]
+    read = curves.curve(events, "env.r")
+    assert read.steps == [1, 2] and read.values == [1.0, 20.0]
+
+
+def progress(epoch: int, value: float | None) -> dict:
+    return {"type": "progress", "epoch": epoch, "agent_steps": 1000 * epoch, "sps": 100.0 * epoch,
+            "env": {} if value is None else {"episode_return": value}}
+
+
+def start(epoch: int) -> dict:
+    return {"type": "start", "resumed": epoch > 0, "epoch": epoch, "agent_steps": 1000 * epoch}
+
+
+def test_curves_every_reader_applies_the_resume_rule_of_the_event_stream(tmp_path):
+    """docs/reliability.md: a resumed start at epoch E supersedes the earlier progress past E.
+    Killed at epoch 4, resumed from epoch 2 (its first progress has no return yet), killed after
+    epoch 6 and resumed from epoch 5, which wrote nothing more."""
+    events = [start(0), *(progress(epoch, float(epoch)) for epoch in (1, 2, 3, 4)),
+              start(2), progress(3, None), progress(4, 40.0), progress(5, 50.0), progress(6, 60.0), start(5)]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
+    assert [event["epoch"] for event in curves.effective_progress(events)] == [1, 2, 3, 4, 5]
+    expected = ([1000.0, 2000.0, 4000.0, 5000.0], [1.0, 2.0, 40.0, 50.0])
+    from_file = curves.read_curve(tmp_path, "env.episode_return")  # runs compare, train --against
+    from_events = curves.curve(events, "env.episode_return")  # ablate report (load_curves)
+    assert (from_file.steps, from_file.values) == (from_events.steps, from_events.values) == expected
+    assert from_file.sps == [100.0, 200.0, 300.0, 400.0, 500.0]
+    assert curves.default_metric(tmp_path) == "episode_return"
+    assert engine.final_metric(events, "env.episode_return") == 50.0  # a cell's metric: ablate status, sweeps
 
 
 def test_ablate_report_lists_missing_cells_and_names_existing_keys(tmp_path):

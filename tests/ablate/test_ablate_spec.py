@@ -57,6 +57,14 @@ def test_ablate_expand_grid_and_stable_ids(tmp_path):
     assert batch_spec.baseline_group(spec, gae) == "puff train.learning_rate=0.02"
 
 
+def test_ablate_stop_at_steps_keeps_each_profiles_schedule(tmp_path, monkeypatch, capsys):
+    cells = batch_spec.expand(batch_spec.load(write(tmp_path, with_(stop_at_steps=1024))))
+    assert {(cell.config["train"]["stop_at_steps"], cell.config["train"]["total_timesteps"]) for cell in cells} == {(1024, 4096)}
+    code, out, _ = puffctl(monkeypatch, capsys, "ablate", "run", str(write(tmp_path, with_(stop_at_steps=1024))), "--dry-run",
+                           "--dir", str(tmp_path / "ablations"))
+    assert code in (None, 0) and out.count("1.0k of 4.1k") == 4, out
+
+
 def bad_specs() -> list[tuple[object, str]]:
     return [
         (with_(variants=[{"label": "x", "profile": "baselin"}]), "variant 'x': unknown profile 'baselin' (did you mean baseline?)"),
@@ -82,6 +90,8 @@ def bad_specs() -> list[tuple[object, str]]:
         (with_(metric="env..x"), "must be a dotted event key"),
         (with_(env="gym:CartPole-v9"), "did you mean gym:CartPole-v1"),
         (with_(retries=-1), "retries=-1 must be an integer >= 0"),
+        (with_(stop_at_steps=0), "stop_at_steps=0 must be an integer >= 1"),
+        (with_(stop_at_steps=8192), "train.stop_at_steps=8192 must be <= train.total_timesteps=4096"),
         ("name: [unclosed", "invalid YAML"),
         ("- a list", "a spec must be a YAML mapping"),
     ]

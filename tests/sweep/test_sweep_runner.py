@@ -61,6 +61,25 @@ def test_sweep_crashed_trial_is_failed_for_the_tuner_and_the_sweep_goes_on(tmp_p
     assert sweep.tuner.remaining() == 2
 
 
+def test_sweep_resume_keeps_a_cell_crashed_past_its_retries_crashed(tmp_path):
+    """`retries` counts across restarts: a resume neither reruns a failed trial's crashed cell
+    nor gives it a fresh budget (no trainer starts here; before, one did)."""
+    from puffctl.executors.local import LocalExecutor
+
+    sweep = make(tmp_path, trials=1)
+    (cell,) = sweep.batch.add(sweep.feed())
+    finish(sweep, cell.cell_id, "crashed", reason="exit code 1")
+    sweep.batch.state[cell.cell_id].crashes = sweep.spec.retries + 1
+    sweep.batch.save()
+    resumed = runner.open_sweep(tmp_path / "sweeps", "s")
+    resumed.reconcile()
+    assert resumed.tuner.trials()[0].state == "failed"
+    counts = resumed.engine(LocalExecutor(1)).run()
+    current = runner.open_sweep(tmp_path / "sweeps", "s").batch.state[cell.cell_id]
+    assert counts["crashed"] == 1 and (current.status, current.starts, current.crashes) == ("crashed", 0, sweep.spec.retries + 1)
+    assert not resumed.batch.run_dir(cell.cell_id).exists()
+
+
 def test_sweep_reconcile_repairs_both_crash_windows_and_export_reproduces_the_trial(tmp_path):
     sweep = make(tmp_path)
     asked = sweep.tuner.ask()  # the orchestrator died after asking, before writing the cells

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from puffctl import curves
+
 ROOT = Path(__file__).resolve().parents[2]
 #: A small CartPole run: 256 agent steps an epoch, a checkpoint every epoch, progress every epoch.
 CARTPOLE = {
@@ -159,16 +161,12 @@ def kill_once(config: Path, run_dir: Path, rng: random.Random, moment: str) -> d
 
 
 def effective_progress(events: list[dict]) -> dict[int, list[dict]]:
-    """Progress events by epoch as the stream means them: a resumed start at epoch E supersedes
-    the earlier progress of epochs after E (they died with their process and were run again).
-    More than one event under an epoch is a duplicated epoch."""
+    """Progress events by epoch as the stream means them (puffctl.curves.effective_progress: a
+    resumed start at epoch E supersedes the earlier progress of epochs after E). More than one
+    event under an epoch is a duplicated epoch."""
     history: dict[int, list[dict]] = {}
-    for event in events:
-        if event["type"] == "start":
-            for epoch in [epoch for epoch in history if epoch > event["epoch"]]:
-                del history[epoch]
-        elif event["type"] == "progress":
-            history.setdefault(event["epoch"], []).append(event)
+    for event in curves.effective_progress(events):
+        history.setdefault(event["epoch"], []).append(event)
     return history
 
 
