@@ -80,13 +80,6 @@ class Run:
         the run directory as it was."""
         run_dir = self.run_dir
         state, skipped = None, []
-        if self.group.rank > 0:  # rank 0 checks and writes the run directory; the others read its checkpoint
-            if self.resume:
-                try:
-                    state = checkpoint.newest_intact(run_dir, checkpoint.load)[1]
-                except checkpoint.NoIntactCheckpoint as error:
-                    raise RunError(str(error)) from None
-            return state, skipped
         if self.resume:
             status = run_dir / "status.json"
             if status.is_file():
@@ -105,7 +98,8 @@ class Run:
                            for line in damaged]
         elif (run_dir / "events.jsonl").exists() and (run_dir / "events.jsonl").stat().st_size:
             raise RunError(f"{run_dir} already holds a run; pass --resume to continue it")
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        if self.group.rank == 0:  # every rank checks (and refuses alike); rank 0 writes
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
         return state, skipped
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -322,7 +316,7 @@ def run(config: dict, run_dir: Path, resume: bool = False, events_stdout: bool =
                           f"`python -m trainer.distributed --nproc {requested} ...` (puffctl train does)")
     config["train"]["world_size"] = world_size  # a resume may run on another number of ranks
     run_dir.mkdir(parents=True, exist_ok=True)
-    if rank > 0 or (world_size > 1 and lock_fd is None and distributed.parent_holds_lock(run_dir)):
+    if rank > 0 or (lock_fd is None and distributed.parent_holds_lock(run_dir)):
         lock = contextlib.nullcontext()  # held by rank 0, or by the launcher of the group
     elif lock_fd is not None:
         lock = runlock.adopt(lock_fd, run_dir, "trainer")
