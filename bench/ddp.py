@@ -39,8 +39,7 @@ from puffctl import profiles  # noqa: E402
 from trainer import distributed  # noqa: E402
 
 # CartPole with more envs than the quick-start profile, so an epoch is real work on each rank.
-DEFAULT_SETS = ["env.num_envs=128", "train.minibatch_size=2048", "train.checkpoint_interval=0",
-                "logger.progress_interval=0"]
+DEFAULT_SETS = ["env.num_envs=128", "train.minibatch_size=2048", "train.checkpoint_interval=0"]
 
 
 def tree_cpu(process, seen: dict[int, float]) -> float:
