@@ -73,6 +73,7 @@ class Run:
         self.warned_envs = False
         self.final_metrics: dict = {}
         self.trained = False  # has this process finished an epoch (and so may move status.json's progress)
+        self.ended = False  # the end event is written (torchrun's SIGTERM to the ranks may still come)
 
     def prepare(self) -> tuple[dict | None, list[str]]:
         """Check the run directory; return the checkpoint state to resume from (None for a new
@@ -104,6 +105,8 @@ class Run:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if self.ended:
+            return
         if self.stop_signal is None:
             self.stop_signal = name
             if self.events is not None:
@@ -158,6 +161,13 @@ class Run:
                 if not exact:
                     events.message("warning", "this env could not be saved: resumed with fresh episodes "
                                               "(weights, optimizer and RNG restored)")
+                written = 1 + len(resume_state.get("ranks", {}))
+                if written != group.world_size:
+                    low, high = sorted((written, group.world_size))
+                    ranks = f"rank {low}" if high - low == 1 else f"ranks {low}-{high - 1}"
+                    change = "fresh episodes" if group.world_size > written else "episodes dropped"
+                    events.message("info", f"resumed on {group.world_size} rank(s) from a checkpoint of {written} "
+                                           f"({ranks}: {change}; docs/scale.md)")
             return self._loop(trainer, profiler, Utilization(device.type), LOSS_KEYS)
         except Diverged as error:
             reason = f"{error} (try a lower train.learning_rate); last good checkpoint kept"
@@ -290,6 +300,7 @@ class Run:
             if reason and status == "failed":
                 self.events.message("error", reason)
             self.events.emit("end", status=status, reason=reason, cause=cause, epoch=epoch, agent_steps=steps, metrics=metrics)
+            self.ended = True
         except OSError as error:  # the stream cannot be written (disk full): status.json still says why
             print(f"error: {error}", file=sys.stderr)
         progress = {"epoch": epoch, "agent_steps": steps} if self.trained else {}
