@@ -230,8 +230,11 @@ class Trainer:
         """One training phase over the batch just collected (and any rows kept from earlier
         phases); returns the mean losses, the diagnostics and the algorithm's metrics."""
         cfg, profile, experience, policy = self.train_cfg, self.profiler, self.experience, self.policy
-        self.optimizer.set_lr(learning_rate(cfg, self.epoch, self.total_epochs))
-        beta = sampler.beta_at(self.epoch / max(self.total_epochs - 1, 1), cfg["prio_beta0"])
+        # this epoch's place on the schedules, counted in steps: a resume on another number of
+        # ranks changes the steps per epoch (the same as self.epoch otherwise)
+        scheduled = max(self.agent_steps // self.steps_per_epoch - 1, 0)
+        self.optimizer.set_lr(learning_rate(cfg, scheduled, self.total_epochs))
+        beta = sampler.beta_at(scheduled / max(self.total_epochs - 1, 1), cfg["prio_beta0"])
         minibatch_rows = cfg["minibatch_size"] // self.horizon
         # the same count on every rank (after a resume on more ranks, only some hold retained rows)
         num_minibatches = self.group.minimum(cfg["update_epochs"] * experience.rows // minibatch_rows)
@@ -308,7 +311,7 @@ class Trainer:
             "agent_steps": self.agent_steps,
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "lr": learning_rate(self.train_cfg, self.epoch, self.total_epochs),
+            "lr": learning_rate(self.train_cfg, self.agent_steps // self.steps_per_epoch, self.total_epochs),
             **self.rank_state(),
             "config": self.config,
         }
