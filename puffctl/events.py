@@ -196,7 +196,8 @@ class RunState:
         self.config = event.get("config") or self.config
         self.env_name = str((self.config.get("env") or {}).get("name", "")) or self.env_name
         self.params = event.get("params", self.params)
-        self.device = str(event.get("device") or self.device)
+        ranks = event.get("world_size") or 1
+        self.device = str(event.get("device") or self.device) + (f" x{ranks} ranks" if ranks > 1 else "")
         self.host = str(event.get("host") or self.host)
         self.git = event.get("git", self.git)
         self.resumed = bool(event.get("resumed", False))

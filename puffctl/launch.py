@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import yaml
 from puffctl import runs
 from puffctl.errors import PuffctlError
 from puffctl.events import RunState, Tail
-from trainer import provenance
+from trainer import distributed, provenance
 
 #: Seconds the trainer gets after the second Ctrl-C before it is killed.
 KILL_GRACE = 3.0
@@ -109,8 +108,8 @@ def _start_locked(path: Path, lock_fd: int, resume: bool) -> subprocess.Popen:
     root = str(code_root())
     environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, environment.get("PYTHONPATH")) if p)
     environment["PYTHONUNBUFFERED"] = "1"
-    command = [sys.executable, "-m", "trainer", "--config", str(path / "config.yaml"), "--run-dir", str(path),
-               "--lock-fd", str(lock_fd)]
+    command = distributed.command(world_size(path), ["--config", str(path / "config.yaml"), "--run-dir", str(path),
+                                                     "--lock-fd", str(lock_fd)])
     if resume:
         command.append("--resume")
         end_with_newline(path / "events.jsonl")
@@ -130,6 +129,22 @@ def _start_locked(path: Path, lock_fd: int, resume: bool) -> subprocess.Popen:
         launch["resumes"] = int(launch.get("resumes") or 0) + 1
     runs.write_json(path / runs.LAUNCH_FILE, launch)
     return process
+
+
+def world_size(path: Path) -> int:
+    """The ranks run `path` trains on (its config's train.world_size)."""
+    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    return int((config.get("train") or {}).get("world_size") or 1)
+
+
+def set_world_size(path: Path, ranks: int) -> None:
+    """Resume run `path` on `ranks` ranks: its config.yaml's train.world_size (docs/scale.md: what changes)."""
+    if ranks < 1:
+        raise PuffctlError(f"--nproc {ranks} must be >= 1")
+    config_path = path / "config.yaml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config["train"]["world_size"] = ranks
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
 @dataclass

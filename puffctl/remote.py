@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -226,6 +227,16 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def trainer_command(path: Path, resume: bool) -> str:
+    """The shell command that starts run `path`'s trainer in its directory on the box: through
+    torchrun (`python -m trainer.distributed`) when its train.world_size asks for several ranks."""
+    from puffctl.launch import world_size
+    from trainer import distributed
+
+    args = ["--config", "config.yaml", "--run-dir", "."] + (["--resume"] if resume else [])
+    return shlex.join(distributed.command(world_size(path), args, python="python"))
+
+
 def start(engine: Engine, path: Path, container_name: str, gpus: str | None, source: dict, *,
           remote_name: str | None = None, resume: bool = False, lease: float | None = None) -> Remote:
     """Put the run's config on the box and start the trainer there, detached; record where in launch.json.
@@ -253,8 +264,7 @@ def start(engine: Engine, path: Path, container_name: str, gpus: str | None, sou
     env = {"PYTHONPATH": containers.WORKSPACE, "PYTHONUNBUFFERED": "1"}
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus
-    trainer = "python -m trainer --config config.yaml --run-dir ." + (" --resume" if resume else "")
-    command = ["sh", "-c", f"echo $$ > {PID_FILE} && exec {trainer}"]
+    command = ["sh", "-c", f"echo $$ > {PID_FILE} && exec {trainer_command(path, resume)}"]
     exec_id = containers.exec_detached(engine, container.id, command, f"{remote_dir}/stdout.log", env=env,
                                        workdir=remote_dir)
     if lease is not None:

@@ -15,7 +15,7 @@ from trainer.config import ConfigError
 
 # Keys that may change when a run is resumed; anything else must match the run's config.yaml.
 RESUMABLE_CHANGES = ("train.total_timesteps", "train.learning_rate", "train.checkpoint_interval",
-                     "train.keep_checkpoints", "logger.")
+                     "train.keep_checkpoints", "train.world_size", "logger.")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -54,6 +54,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              nullable=True, min=1),
         "device": Key("str", "auto", "auto picks CUDA when available", choices=("auto", "cpu", "cuda")),
         "torch_deterministic": Key("bool", True, "deterministic torch algorithms (exact seeds and resume on CPU)"),
+        "world_size": Key("int", 1, "ranks (processes) of one run through torchrun (`puffctl train --nproc N`); "
+                          "each steps its own env.num_envs envs with seed + rank, batch sizes are per rank, "
+                          "gradients are averaged (docs/scale.md)", min=1),
         "cpu_threads": Key("int", 1, "torch CPU threads; null uses every core (slower on small boxes: see docs/trainer.md)",
                            nullable=True, min=1),
         "precision": Key("str", "float32", "float32, or bfloat16 autocast of the policy's matmuls (LSTM runs about 1.8x faster on CPUs with bf16)",

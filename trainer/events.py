@@ -134,3 +134,22 @@ class EventWriter:
                 pass
             self.sink = None
         self.file.close()
+
+
+class Silent:
+    """The event writer of a rank other than 0 in a multi-rank run: rank 0 reports for the group."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] = {"epoch": 0, "agent_steps": 0}
+
+    def emit(self, type_: str, **fields: Any) -> dict:
+        return {"type": type_, **fields}
+
+    def message(self, level: str, text: str) -> None:
+        pass
+
+    def update_status(self, **fields: Any) -> None:
+        self.status.update(fields)
+
+    def close(self) -> None:
+        pass

@@ -8,6 +8,7 @@ last good checkpoint left intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from trainer import checkpoint, provenance, runlock
+from trainer import checkpoint, distributed, provenance, runlock
 from trainer.config import ConfigError, steps_to_train
-from trainer.events import EventWriter
+from trainer.events import EventWriter, Silent
 from trainer.watchdog import Watchdog
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -46,17 +47,24 @@ class Window:
                     self.sums[key] = self.sums.get(key, 0.0) + value
                     self.counts[key] = self.counts.get(key, 0) + 1
 
-    def read(self) -> dict[str, float]:
-        means = {key: self.sums[key] / self.counts[key] for key in self.sums}
+    def take(self) -> tuple[dict[str, float], dict[str, int]]:
+        """The sums and counts since the last read; starts a new window."""
+        taken = self.sums, self.counts
         self.sums, self.counts = {}, {}
-        return means
+        return taken
+
+    def read(self) -> dict[str, float]:
+        sums, counts = self.take()
+        return {key: sums[key] / counts[key] for key in sums}
 
 
 class Run:
     """Drives a Trainer through its epochs and reports everything as events."""
 
-    def __init__(self, config: dict, run_dir: Path, resume: bool, events_stdout: bool) -> None:
+    def __init__(self, config: dict, run_dir: Path, resume: bool, events_stdout: bool,
+                 group: distributed.Group | None = None) -> None:
         self.config = config
+        self.group = group or distributed.Group()
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.events_stdout = events_stdout
@@ -65,6 +73,7 @@ class Run:
         self.warned_envs = False
         self.final_metrics: dict = {}
         self.trained = False  # has this process finished an epoch (and so may move status.json's progress)
+        self.ended = False  # the end event is written (torchrun's SIGTERM to the ranks may still come)
 
     def prepare(self) -> tuple[dict | None, list[str]]:
         """Check the run directory; return the checkpoint state to resume from (None for a new
@@ -90,11 +99,14 @@ class Run:
                            for line in damaged]
         elif (run_dir / "events.jsonl").exists() and (run_dir / "events.jsonl").stat().st_size:
             raise RunError(f"{run_dir} already holds a run; pass --resume to continue it")
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        if self.group.rank == 0:  # every rank checks (and refuses alike); rank 0 writes
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
         return state, skipped
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if self.ended:
+            return
         if self.stop_signal is None:
             self.stop_signal = name
             if self.events is not None:
@@ -120,14 +132,18 @@ class Run:
         resume_state, skipped = self.prepare()
         config, run_dir = self.config, self.run_dir
         train_cfg, logger_cfg = config["train"], config["logger"]
-        device = select_device(train_cfg["device"])
+        group = self.group
+        device = group.device(select_device(train_cfg["device"]))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is available (use auto or cpu)")
         if train_cfg["cuda_launch_blocking"]:
             os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
-        torch.set_num_threads(train_cfg["cpu_threads"] or os.cpu_count() or 1)
+        torch.set_num_threads(train_cfg["cpu_threads"] or max((os.cpu_count() or 1) // group.world_size, 1))
 
-        events = self.events = EventWriter(run_dir, config, to_stdout=self.events_stdout)
+        if group.rank == 0:
+            events = self.events = EventWriter(run_dir, config, to_stdout=self.events_stdout)
+        else:
+            events = self.events = Silent()
         events.update_status(status="running")
         for line in skipped:
             events.message("warning", line)
@@ -136,7 +152,7 @@ class Run:
         try:
             profiler = Profiler(window=logger_cfg["sps_window"])
             try:
-                trainer = Trainer(config, device, profiler)
+                trainer = Trainer(distributed.rank_config(config, group.rank), device, profiler, group)
             except envs_module.EnvError as error:
                 raise ConfigError(f"env.name={config['env']['name']!r}: {error}") from None
             exact = True
@@ -145,6 +161,13 @@ class Run:
                 if not exact:
                     events.message("warning", "this env could not be saved: resumed with fresh episodes "
                                               "(weights, optimizer and RNG restored)")
+                written = 1 + len(resume_state.get("ranks", {}))
+                if written != group.world_size:
+                    low, high = sorted((written, group.world_size))
+                    ranks = f"rank {low}" if high - low == 1 else f"ranks {low}-{high - 1}"
+                    change = "fresh episodes" if group.world_size > written else "episodes dropped"
+                    events.message("info", f"resumed on {group.world_size} rank(s) from a checkpoint of {written} "
+                                           f"({ranks}: {change}; docs/scale.md)")
             return self._loop(trainer, profiler, Utilization(device.type), LOSS_KEYS)
         except Diverged as error:
             reason = f"{error} (try a lower train.learning_rate); last good checkpoint kept"
@@ -170,10 +193,12 @@ class Run:
         total_steps = steps_to_train(config)
         interval = config["train"]["checkpoint_interval"]
         progress_interval = config["logger"]["progress_interval"]
-        source = provenance.record(self.run_dir, Path(__file__).resolve().parent.parent)
+        group = self.group
+        source = provenance.record(self.run_dir, Path(__file__).resolve().parent.parent) if group.rank == 0 else None
         events.emit("start", config=config, git=source, host=socket.gethostname(),
                     device=str(trainer.device), params=trainer.policy_params, total_steps=total_steps,
-                    resumed=self.resume, epoch=trainer.epoch, agent_steps=trainer.agent_steps)
+                    resumed=self.resume, epoch=trainer.epoch, agent_steps=trainer.agent_steps,
+                    world_size=group.world_size)
         if source and source.get("patch_note"):
             events.message("warning", f"{source['patch_note']}: `puffctl runs checkout` cannot restore this run's code")
         profiler.mark(trainer.epoch, trainer.agent_steps)
@@ -185,49 +210,81 @@ class Run:
             losses = trainer.train()
             self.trained = True
             profiler.mark(trainer.epoch, trainer.agent_steps)
-            alarms = watchdog.check(losses, profiler.sps())
+            alarms = watchdog.check(losses, profiler.sps()) if group.rank == 0 else []
             for alarm in alarms:
                 if alarm.name not in halt_on:
                     events.message("warning", f"watchdog {alarm.name}: {alarm.text}")
             halting = [alarm for alarm in alarms if alarm.name in halt_on]
-            if halting:
-                self._checkpoint(trainer)
-                reason = f"halted by watchdog {halting[0].name} (train.halt_on): {halting[0].text}; checkpoint kept"
-                self._end(trainer, "failed", reason, {"losses": losses, "env": window.read() or last_env},
-                          cause="diverged")
-                return EXIT_FAILED
             done = trainer.agent_steps >= total_steps
             now = time.perf_counter()
-            if done or self.stop_signal or now - last_progress >= progress_interval:
+            # every rank takes the same branches: a signal to any rank stops them all
+            stopping, reporting, halt = group.agree(self.stop_signal is not None,
+                                                    done or now - last_progress >= progress_interval, bool(halting))
+            if halt:
+                self._checkpoint(trainer)
+                losses, env, _ = self._reduce(losses, window, profiler)
+                reason = (f"halted by watchdog {halting[0].name} (train.halt_on): {halting[0].text}; checkpoint kept"
+                          if halting else "halted by a watchdog")
+                self._end(trainer, "failed", reason, {"losses": losses, "env": env or last_env}, cause="diverged")
+                return EXIT_FAILED
+            if reporting or stopping:
                 last_progress = now
-                env = window.read()
+                losses, env, perf = self._reduce(losses, window, profiler)
                 last_env = env or last_env
                 self.final_metrics = {"losses": losses, "env": last_env}
-                self._progress(trainer, profiler, utilization, losses, env)
-            if interval and trainer.epoch % interval == 0 and not done and not self.stop_signal:
+                self._progress(trainer, profiler, utilization, losses, env, perf)
+            if interval and trainer.epoch % interval == 0 and not done and not stopping:
                 self._checkpoint(trainer)
-            if self.stop_signal:
+            if stopping:
                 self._checkpoint(trainer)
-                self._end(trainer, "interrupted", f"stopped by {self.stop_signal}",
+                self._end(trainer, "interrupted", f"stopped by {self.stop_signal or 'a signal to another rank'}",
                           {"losses": losses, "env": last_env})
                 return EXIT_INTERRUPTED
         self._checkpoint(trainer)
         self._end(trainer, "completed", None, {"losses": losses, "env": last_env})
         return EXIT_COMPLETED
 
-    def _progress(self, trainer, profiler, utilization, losses: dict, env: dict) -> None:
+    def _reduce(self, losses: dict, window: Window, profiler) -> tuple[dict, dict, dict]:
+        """The losses, episode means and timings of every rank (on rank 0; the others get their own):
+        losses and timings averaged over the ranks, episodes pooled. Collective."""
+        if self.group.world_size == 1:
+            return losses, window.read(), profiler.perf()
+        parts = self.group.gather((losses, *window.take(), profiler.perf()))
+        if parts is None:
+            return losses, {}, {}
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for _, rank_sums, rank_counts, _ in parts:
+            for key, value in rank_sums.items():
+                sums[key] = sums.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + rank_counts[key]
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        losses = {key: mean([part[0][key] for part in parts]) if isinstance(value, (int, float)) else value
+                  for key, value in losses.items()}
+        perf = {phase: {key: mean([part[3][phase][key] for part in parts]) for key in node}
+                for phase, node in parts[0][3].items()}
+        return losses, {key: sums[key] / counts[key] for key in sums}, perf
+
+    def _progress(self, trainer, profiler, utilization, losses: dict, env: dict, perf: dict) -> None:
         sps = profiler.sps()
         total = steps_to_train(self.config)
         remaining = max(total - trainer.agent_steps, 0)
         self.events.emit(
             "progress", epoch=trainer.epoch, agent_steps=trainer.agent_steps, total_steps=total,
             sps=sps, uptime=profiler.uptime(), eta=remaining / sps if sps > 0 else None,
-            perf=profiler.perf(), losses=losses, env=env, util=utilization.read())
+            perf=perf, losses=losses, env=env, util=utilization.read())
         self.events.update_status(epoch=trainer.epoch, agent_steps=trainer.agent_steps)
 
     def _checkpoint(self, trainer) -> None:
-        saved = checkpoint.save(self.run_dir, trainer.epoch, trainer.state_dict(),
-                                keep=self.config["train"]["keep_checkpoints"])
+        """Rank 0 writes the checkpoint: the shared state and every rank's own (`ranks`). Collective."""
+        group = self.group
+        parts = group.gather(trainer.rank_state() if group.rank > 0 else None)
+        if group.rank > 0:
+            return
+        state = trainer.state_dict()
+        if group.world_size > 1:
+            state["ranks"] = {rank: part for rank, part in enumerate(parts) if rank > 0}
+        saved = checkpoint.save(self.run_dir, trainer.epoch, state, keep=self.config["train"]["keep_checkpoints"])
         if trainer.envs_unsaved and not self.warned_envs:
             self.warned_envs = True
             self.events.message("warning", f"checkpoints cannot hold this env's state ({trainer.envs_unsaved}); "
@@ -243,6 +300,7 @@ class Run:
             if reason and status == "failed":
                 self.events.message("error", reason)
             self.events.emit("end", status=status, reason=reason, cause=cause, epoch=epoch, agent_steps=steps, metrics=metrics)
+            self.ended = True
         except OSError as error:  # the stream cannot be written (disk full): status.json still says why
             print(f"error: {error}", file=sys.stderr)
         progress = {"epoch": epoch, "agent_steps": steps} if self.trained else {}
@@ -256,11 +314,30 @@ def run(config: dict, run_dir: Path, resume: bool = False, events_stdout: bool =
         lock_fd: int | None = None) -> int:
     """Train `config` in `run_dir`, holding its lock throughout (taken here, or adopted from the
     launcher's `lock_fd`); return the exit code (0 completed, 1 failed, 130 interrupted).
+    Under torchrun (WORLD_SIZE > 1) this is one rank: rank 0 holds the lock, unless the group's
+    launcher (`python -m trainer.distributed`) already does.
     Raises ConfigError, RunError or runlock.RunLocked for bad input (exit 2)."""
     run_dir = Path(run_dir)
     if resume and not run_dir.is_dir():
         raise RunError(f"no run directory {run_dir} to resume")
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    requested = config["train"]["world_size"]
+    if world_size != requested and not resume:
+        raise ConfigError(f"train.world_size={requested} but this trainer is {world_size} process(es): start it with "
+                          f"`python -m trainer.distributed --nproc {requested} ...` (puffctl train does)")
+    config["train"]["world_size"] = world_size  # a resume may run on another number of ranks
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = runlock.adopt(lock_fd, run_dir, "trainer") if lock_fd is not None else runlock.acquire(run_dir, "trainer")
+    if rank > 0 or (lock_fd is None and distributed.parent_holds_lock(run_dir)):
+        lock = contextlib.nullcontext()  # held by rank 0, or by the launcher of the group
+    elif lock_fd is not None:
+        lock = runlock.adopt(lock_fd, run_dir, "trainer")
+    else:
+        lock = runlock.acquire(run_dir, "trainer")
+    from trainer.train import select_device
+
     with lock:
-        return Run(config, run_dir, resume, events_stdout).execute()
+        group = distributed.Group.start(select_device(config["train"]["device"]).type)
+        try:
+            return Run(config, run_dir, resume, events_stdout, group).execute()
+        finally:
+            group.close()

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from trainer import advantage, algorithms, losses, sampler
 from trainer.algorithms import Minibatch, Outputs
+from trainer.distributed import Group
 from trainer.experience import Experience
 from trainer.optim import learning_rate, make_optimizer
 from trainer.policy import Policy
@@ -65,11 +66,12 @@ class Trainer:
     """The environments, the policy, the segment buffer and the optimizer of one run."""
 
     def __init__(self, config: dict, device: torch.device | str = "cpu",
-                 profiler: Profiler | None = None) -> None:
+                 profiler: Profiler | None = None, group: Group | None = None) -> None:
         from trainer import envs as envs_module
 
         self.config = config
         self.device = torch.device(device)
+        self.group = group or Group()
         env_cfg, policy_cfg, train_cfg = config["env"], config["policy"], config["train"]
         self.train_cfg = train_cfg
         seed_everything(train_cfg["seed"], train_cfg["torch_deterministic"])
@@ -80,7 +82,8 @@ class Trainer:
         self.batch_size = train_cfg["batch_size"]
         self.segments = self.batch_size // self.horizon
         self.rows_per_env = self.segments // self.num_envs
-        self.total_epochs = math.ceil(train_cfg["total_timesteps"] / self.batch_size)
+        self.steps_per_epoch = self.batch_size * self.group.world_size  # every rank collects a batch
+        self.total_epochs = math.ceil(train_cfg["total_timesteps"] / self.steps_per_epoch)
         self.reward_clip = env_cfg["reward_clip"]
         self.gamma = train_cfg["gamma"]
         self.bfloat16 = train_cfg["precision"] == "bfloat16"
@@ -102,6 +105,7 @@ class Trainer:
         self.profiler = profiler or Profiler()
         self.algorithm.attach(self)
         self.learner = nn.ModuleList([self.policy, *self.algorithm.modules()])
+        self.group.broadcast_parameters(self.learner)
         self.optimizer = make_optimizer(self.learner, train_cfg)
 
         self.epoch = 0
@@ -183,7 +187,7 @@ class Trainer:
             self._store_bootstrap(rows, values)
         if not (torch.isfinite(experience.logprobs).all() and torch.isfinite(experience.values).all()):
             raise Diverged(f"non-finite policy outputs while collecting epoch {self.epoch + 1}")
-        self.agent_steps += self.batch_size
+        self.agent_steps += self.steps_per_epoch
         return episodes
 
     def _receive(self, result, rows: slice) -> None:
@@ -226,10 +230,14 @@ class Trainer:
         """One training phase over the batch just collected (and any rows kept from earlier
         phases); returns the mean losses, the diagnostics and the algorithm's metrics."""
         cfg, profile, experience, policy = self.train_cfg, self.profiler, self.experience, self.policy
-        self.optimizer.set_lr(learning_rate(cfg, self.epoch, self.total_epochs))
-        beta = sampler.beta_at(self.epoch / max(self.total_epochs - 1, 1), cfg["prio_beta0"])
+        # this epoch's place on the schedules, counted in steps: a resume on another number of
+        # ranks changes the steps per epoch (the same as self.epoch otherwise)
+        scheduled = max(self.agent_steps // self.steps_per_epoch - 1, 0)
+        self.optimizer.set_lr(learning_rate(cfg, scheduled, self.total_epochs))
+        beta = sampler.beta_at(scheduled / max(self.total_epochs - 1, 1), cfg["prio_beta0"])
         minibatch_rows = cfg["minibatch_size"] // self.horizon
-        num_minibatches = cfg["update_epochs"] * experience.rows // minibatch_rows
+        # the same count on every rank (after a resume on more ranks, only some hold retained rows)
+        num_minibatches = self.group.minimum(cfg["update_epochs"] * experience.rows // minibatch_rows)
         values = experience.values[:experience.rows]
         importance = experience.start_phase()
         totals = {key: torch.zeros((), device=self.device) for key in (*LOSS_KEYS[:-1], "grad_norm")}
@@ -269,8 +277,10 @@ class Trainer:
 
                     self.optimizer.zero_grad()
                     loss.backward()
+                    self.group.average_gradients(self.learner)
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.learner.parameters(), cfg["max_grad_norm"])
                     self.optimizer.step()
+                    self.group.updated(self.learner)
 
                     with torch.no_grad():
                         stats = losses.kl_stats(logratio, ratio, cfg["clip_coef"])
@@ -294,7 +304,20 @@ class Trainer:
         return mean
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly from this epoch boundary."""
+        """Everything needed to continue exactly from this epoch boundary: the state every
+        rank shares (weights, optimizer, schedule) and this rank's own (`rank_state`)."""
+        return {
+            "epoch": self.epoch,
+            "agent_steps": self.agent_steps,
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr": learning_rate(self.train_cfg, self.agent_steps // self.steps_per_epoch, self.total_epochs),
+            **self.rank_state(),
+            "config": self.config,
+        }
+
+    def rank_state(self) -> dict[str, Any]:
+        """This rank's own state: its envs and their pending step, LSTM state, algorithm state, RNGs."""
         try:
             envs = cloudpickle.dumps(self.envs)
             self.envs_unsaved = None
@@ -302,11 +325,6 @@ class Trainer:
             envs = None
             self.envs_unsaved = f"{type(error).__name__}: {error}".splitlines()[0]
         return {
-            "epoch": self.epoch,
-            "agent_steps": self.agent_steps,
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr": learning_rate(self.train_cfg, self.epoch, self.total_epochs),
             "envs": envs,
             "next_obs": np.array(self.next_obs, copy=True),
             "next_rewards": self.next_rewards.cpu(),
@@ -320,27 +338,33 @@ class Trainer:
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
-            "config": self.config,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> bool:
-        """Restore a checkpoint; returns whether the env state was restored too (exact resume)."""
+        """Restore a checkpoint; returns whether this rank's env state was restored too (exact
+        resume). Rank r > 0 takes its own state from `state["ranks"][r]`; a rank the checkpoint
+        has none for (more ranks than it was written by) keeps its fresh envs and seeds."""
         self.epoch, self.agent_steps = state["epoch"], state["agent_steps"]
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.algorithm.load_state_dict(state.get("algorithm", {}))
-        exact = state["envs"] is not None
+        own = state if self.group.rank == 0 else state.get("ranks", {}).get(self.group.rank)
+        if own is not None:
+            self.algorithm.load_state_dict(own.get("algorithm", {}))
+        self.group.broadcast_parameters(self.learner)  # a fresh rank's algorithm modules too
+        if own is None:
+            return False
+        exact = own["envs"] is not None
         if exact:
             self.envs.close()
-            self.envs = pickle.loads(state["envs"])
-            self.next_obs = state["next_obs"]
-            self.next_rewards = state["next_rewards"].to(self.device)
-            self.next_terminations = state["next_terminations"].to(self.device)
-            self.next_truncations = state["next_truncations"].to(self.device)
+            self.envs = pickle.loads(own["envs"])
+            self.next_obs = own["next_obs"]
+            self.next_rewards = own["next_rewards"].to(self.device)
+            self.next_terminations = own["next_terminations"].to(self.device)
+            self.next_truncations = own["next_truncations"].to(self.device)
             self.next_first = torch.maximum(self.next_terminations, self.next_truncations)
-            if state["lstm_state"] is not None:
-                self.state = tuple(s.to(self.device) for s in state["lstm_state"])
-        rng = state["rng"]
+            if own["lstm_state"] is not None:
+                self.state = tuple(s.to(self.device) for s in own["lstm_state"])
+        rng = own["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])

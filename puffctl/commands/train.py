@@ -35,6 +35,7 @@ def train(
     gpu: Optional[str] = typer.Option(None, "--gpu", metavar="i|i,j", help="With --box: the GPU(s) the trainer sees (CUDA_VISIBLE_DEVICES)."),
     container: str = typer.Option("dev", "--container", metavar="NAME", help="With --box: your dev container to train in."),
     stop_on_interrupt: bool = typer.Option(False, "--stop-on-interrupt", help="With --box: Ctrl-C stops the run (checkpoint first) instead of detaching."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N", help="One run on N processes through torchrun (sets train.world_size): each rank steps its own envs (seed + rank), gradients are averaged, rank 0 writes. With --box and --gpu, rank i uses the i-th GPU listed; with --resume, continue on N ranks. See docs/scale.md."),
 ) -> None:
     """Train a profile and watch it: summary, SPS, where each epoch's time goes, losses, env stats.
 
@@ -50,11 +51,15 @@ def train(
         raise PuffctlError("--gpu, --container and --stop-on-interrupt go with --box BOX")
     if box is not None and resume is not None:
         raise PuffctlError("--resume of a run on a box is not supported yet; start a new run with --box")
+    if nproc is not None and nproc < 1:
+        raise PuffctlError(f"--nproc {nproc} must be >= 1")
     gpus = None
     if box is not None:
         from puffctl import remote
 
         gpus = remote.parse_gpus(gpu)
+        if nproc is not None and gpus is not None and nproc > len(gpus.split(",")):
+            raise PuffctlError(f"--nproc {nproc} needs a GPU per rank: --gpu {gpus} lists {len(gpus.split(','))}")
         remote.check_box(box, gpus)
     if logger is not None and logger not in LOGGERS:
         raise PuffctlError(f"--logger {logger!r}: expected one of {', '.join(LOGGERS)}")
@@ -68,6 +73,8 @@ def train(
         launch.check_resumable(run)
         runs.ensure_writable(root)
         path = run.path
+        if nproc is not None:
+            launch.set_world_size(path, nproc)
         against = against or run.launch.get("against")
         reference = load_reference(root, against) if against else None
         state, offset = launch.history(path)
@@ -79,6 +86,8 @@ def train(
             if (root / name).exists():
                 raise PuffctlError(f"run {name!r} already exists in {root}; pick another --name")
         loaded = profiles.load(profile)
+        if nproc is not None:
+            sets = [*sets, f"train.world_size={nproc}"]
         config = profiles.build_config(loaded, sets=sets, env=env, seed=seed, steps=steps, logger=logger)
         runs.ensure_writable(root)
         against = against or loaded.reference or None

@@ -1,0 +1,149 @@
+"""SPS of one run on N ranks (torchrun, `python -m trainer.distributed`) against one process, with
+the same per-rank config (each rank steps env.num_envs envs and collects its own batch).
+
+Rounds alternate one process and N ranks so a shared machine's load hits both alike. SPS is the
+steady state from the run's own progress events (agent steps of every rank between the first
+progress past `--warmup` of the steps and the end, over that wall time: imports, rendezvous and env
+construction excluded). CPU is the user+sys seconds the whole process tree (torchrun and its
+ranks) spent per 1K steps over the same stretch, sampled while it runs: on a loaded machine
+"speedup, a core each" (N x one process's CPU per step / N ranks' CPU per step) is what N ranks
+would reach with a core each, which wall-clock SPS there cannot show.
+
+    python bench/ddp.py [--profile baseline] [--set KEY=VALUE ...] [--steps 400000] [--nproc 2]
+                        [--rounds 3] [--warmup 0.25] [--out FILE]
+
+Prints a table and writes JSON (bench/results/ddp.json unless --out). The target (issue 15):
+N=2 ranks at least 1.6x one process; on a 2-core machine 2x is the ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from puffctl import profiles  # noqa: E402
+from trainer import distributed  # noqa: E402
+
+# CartPole with more envs than the quick-start profile, so an epoch is real work on each rank.
+DEFAULT_SETS = ["env.num_envs=128", "train.minibatch_size=2048", "train.checkpoint_interval=0"]
+
+
+def tree_cpu(process, seen: dict[int, float]) -> float:
+    """User+sys CPU seconds of a process and its children (the ranks, for torchrun) so far; `seen`
+    keeps each process's last reading, so one that has exited still counts."""
+    import psutil
+
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            seen[proc.pid] = times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return sum(seen.values())
+
+
+def progress_of(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [event for line in lines if line.endswith("}") and (event := json.loads(line))["type"] == "progress"]
+
+
+def one_run(config: dict, ranks: int, warmup: float, workdir: Path) -> dict:
+    """Train `config` on `ranks` ranks: its steady-state SPS, and the CPU seconds its process tree
+    spent per 1K steps over the same stretch (sampled while it runs), both after the first
+    `warmup` fraction of the steps."""
+    import psutil
+
+    run_dir = Path(tempfile.mkdtemp(prefix=f"ddp-{ranks}-", dir=workdir))
+    config = {**config, "train": {**config["train"], "world_size": ranks}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    events = run_dir / "run" / "events.jsonl"
+    warmup = warmup * config["train"]["total_timesteps"]
+    process = subprocess.Popen(distributed.command(ranks, ["--config", str(run_dir / "config.yaml"),
+                                                           "--run-dir", str(run_dir / "run")]),
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    watched = psutil.Process(process.pid)
+    samples: list[tuple[int, float]] = []  # (agent steps of the newest progress event, tree CPU s)
+    seen: dict[int, float] = {}
+    while process.poll() is None:
+        progress = progress_of(events)
+        if progress and progress[-1]["agent_steps"] >= warmup:
+            samples.append((progress[-1]["agent_steps"], tree_cpu(watched, seen)))
+        time.sleep(0.2)
+    if process.returncode != 0:
+        raise SystemExit(f"the {ranks}-rank run failed:\n{process.stderr.read()[-2000:]}")
+    progress = progress_of(events)
+    first, last = next(event for event in progress if event["agent_steps"] >= warmup), progress[-1]
+    (steps0, cpu0), (steps1, cpu1) = samples[0], samples[-1]
+    return {"ranks": ranks, "sps": (last["agent_steps"] - first["agent_steps"]) / (last["time"] - first["time"]),
+            "cpu_s_per_1k_steps": 1000 * (cpu1 - cpu0) / (steps1 - steps0) if steps1 > steps0 else None,
+            "steps": last["agent_steps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="baseline")
+    parser.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE",
+                        help=f"config overrides (default: {' '.join(DEFAULT_SETS)})")
+    parser.add_argument("--steps", type=int, default=400_000, help="agent steps of the one-process run; N ranks run N times as many")
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=0.25, help="fraction of the steps left out of the steady state")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ddp.json")
+    args = parser.parse_args()
+    sets = DEFAULT_SETS if args.sets is None else args.sets
+    config = profiles.build_config(profiles.load(args.profile), sets=sets, steps=args.steps)
+    load_before = os.getloadavg()
+    rounds: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ddp-") as workdir:
+        for index in range(args.rounds):
+            for ranks in (1, args.nproc):
+                scaled = {**config, "train": {**config["train"], "total_timesteps": args.steps * ranks}}
+                result = one_run(scaled, ranks, args.warmup, Path(workdir))
+                result["round"] = index + 1
+                rounds.append(result)
+                print(f"round {index + 1}: {ranks} rank(s) {result['sps']:,.0f} SPS", file=sys.stderr)
+    load_after = os.getloadavg()
+    median = {ranks: statistics.median(r["sps"] for r in rounds if r["ranks"] == ranks) for ranks in (1, args.nproc)}
+    cpu = {ranks: statistics.median(r["cpu_s_per_1k_steps"] for r in rounds
+                                    if r["ranks"] == ranks and r["cpu_s_per_1k_steps"]) for ranks in (1, args.nproc)}
+    speedup = median[args.nproc] / median[1]
+    # what N ranks would reach with a core each, from CPU time alone (the load's share taken out)
+    cpu_bound = args.nproc * cpu[1] / cpu[args.nproc]
+    table = Table(title=f"one run on {args.nproc} ranks vs one process ({args.profile}, {' '.join(sets)}; "
+                        f"{os.cpu_count()} CPUs, load {load_before[0]:.1f} -> {load_after[0]:.1f})")
+    for column in ("ranks", "median SPS", "rounds' SPS", "CPU s / 1K steps", "speedup", "speedup, a core each"):
+        table.add_column(column, justify="right")
+    for ranks in (1, args.nproc):
+        table.add_row(str(ranks), f"{median[ranks]:,.0f}",
+                      " ".join(f"{r['sps']:,.0f}" for r in rounds if r["ranks"] == ranks),
+                      f"{cpu[ranks]:.3f}", "1.00x" if ranks == 1 else f"{speedup:.2f}x",
+                      "1.00x" if ranks == 1 else f"{cpu_bound:.2f}x")
+    Console().print(table)
+    print(f"target: {args.nproc} ranks >= 1.6x one process: {'met' if speedup >= 1.6 else 'NOT met'} ({speedup:.2f}x)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "profile": args.profile, "sets": sets, "steps": args.steps, "nproc": args.nproc, "cpus": os.cpu_count(),
+        "load_before": load_before, "load_after": load_after, "rounds": rounds, "median_sps": median,
+        "cpu_s_per_1k_steps": cpu, "speedup": speedup, "speedup_a_core_each": cpu_bound}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
