@@ -111,6 +111,57 @@ while not os.path.exists("%s"):
         break
 """ % (EXIT_FILE, PID_FILE, EXIT_FILE)
 
+# Starts the trainer in the run directory (the current one) so that two starts never run two trainers:
+# takes the run's lock (trainer/runlock.py) or refuses naming its holder; on a checked resume,
+# refuses a completed run or one without an intact checkpoint. A keeper process (its own session, outliving this exec) starts the
+# trainer with the lock handed down (--lock-fd), writes its pid, waits, and writes the exit file
+# (128+N for a signal, like a shell). Prints one JSON line: {"pid": N} or {"refused": why}.
+LAUNCH = """\
+import json, os, subprocess, sys
+from pathlib import Path
+from trainer import checkpoint, runlock
+resume = sys.argv[1] == "resume"
+here = Path.cwd()
+try:
+    lock = runlock.acquire(here, "puffctl launcher")
+    if resume and sys.argv[2] == "1":
+        if os.path.exists("status.json") and json.load(open("status.json")).get("status") == "completed":
+            raise ValueError(f"run {here.name} already completed; nothing to resume")
+        checkpoint.newest_intact(here)
+except (runlock.RunLocked, checkpoint.NoIntactCheckpoint, ValueError) as error:
+    print(json.dumps({"refused": str(error)}))
+    sys.exit(0)
+if resume and os.path.exists("events.jsonl") and os.path.getsize("events.jsonl"):  # a killed writer's last line
+    with open("events.jsonl", "rb+") as events:
+        events.seek(-1, 2)
+        if events.read(1) != b"\\n":
+            events.write(b"\\n")
+if os.path.exists("%s"):
+    os.remove("%s")
+argv = [sys.executable, "-m", "trainer", "--config", "config.yaml", "--run-dir", ".", "--lock-fd", str(lock.fileno())]
+reader, writer = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    with open("stdout.log", "ab") as log:
+        trainer = subprocess.Popen(argv + (["--resume"] if resume else []), stdout=log, stderr=subprocess.STDOUT,
+                                   pass_fds=(lock.fileno(),))
+    with open("%s", "w") as handle:
+        handle.write(str(trainer.pid))
+    os.write(writer, str(trainer.pid).encode())
+    os.close(writer)
+    code = trainer.wait()
+    with open("%s.tmp", "w") as handle:
+        handle.write(f"{128 - code if code < 0 else code}\\n")
+    os.replace("%s.tmp", "%s")
+    os._exit(0)
+os.close(writer)
+pid = os.read(reader, 32)
+print(json.dumps({"pid": int(pid)} if pid else {"refused": "the trainer did not start (see stdout.log)"}))
+""" % (EXIT_FILE, EXIT_FILE, PID_FILE, EXIT_FILE, EXIT_FILE, EXIT_FILE)
+
 # Prints the bytes of a file from an offset to its end (nothing if it does not exist yet).
 READ_FROM = """\
 import sys
@@ -175,6 +226,20 @@ def check_box(name: str, gpus: str | None):
     return box
 
 
+def check_resume(run: runs.Run, where: Remote, box: str | None, container: str, gpu: str | None) -> str | None:
+    """The GPUs to resume remote run `run` with (--gpu, else its own); one line for a completed run
+    or a --box/--container other than where it lives. The box itself checks its lock and checkpoints."""
+    if run.status == "completed":
+        raise PuffctlError(f"run {run.run_id!r} already completed; nothing to resume")
+    if box is not None and box != where.box:
+        raise PuffctlError(f"run {run.run_id!r} lives on box {where.box}, not {box}: drop --box")
+    if container not in ("dev", where.container):
+        raise PuffctlError(f"run {run.run_id!r} lives in container {where.container}, not {container}: drop --container")
+    gpus = parse_gpus(gpu) if gpu is not None else where.gpus
+    check_box(where.box, gpus)
+    return gpus
+
+
 def running_container(engine: Engine, name: str):
     """My dev container NAME on the box, which must be running."""
     from puffctl import containers
@@ -227,12 +292,15 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
 
 
 def start(engine: Engine, path: Path, container_name: str, gpus: str | None, source: dict, *,
-          remote_name: str | None = None, resume: bool = False, lease: float | None = None) -> Remote:
+          remote_name: str | None = None, resume: bool = False, need_checkpoint: bool = False,
+          lease: float | None = None) -> Remote:
     """Put the run's config on the box and start the trainer there, detached; record where in launch.json.
 
     `remote_name`: the directory under /workspace/runs (default: the run id). `resume`: continue
-    from the checkpoints already there. `lease`: the trainer stops itself when nobody has asked
-    about it (probe) for that many seconds.
+    from the checkpoints already there (its source.json stays, as for a local resume);
+    `need_checkpoint`: refuse with one line unless one of them is intact. `lease`: the trainer
+    stops itself when nobody has asked about it (probe) for that many seconds. A trainer already
+    running in that directory (its lock held) is a one-line refusal naming it.
     """
     from puffctl import containers
 
@@ -240,29 +308,40 @@ def start(engine: Engine, path: Path, container_name: str, gpus: str | None, sou
     name = remote_name or path.name
     remote_dir = f"{REMOTE_ROOT}/{name}"
     top = Path(REMOTE_ROOT).relative_to(containers.WORKSPACE)
-    files = {f"{top}/{name}/config.yaml": (path / "config.yaml").read_bytes(),
-             f"{top}/{name}/source.json": json.dumps(source, indent=2).encode() + b"\n"}
+    files = {f"{top}/{name}/config.yaml": (path / "config.yaml").read_bytes()}
+    if not resume:
+        files[f"{top}/{name}/source.json"] = json.dumps(source, indent=2).encode() + b"\n"
     if lease is not None:
         files[f"{top}/{name}/lease"] = b""
-    if remote_name is not None:  # a name that may have run before (a batch cell's next attempt)
-        stale = f"{remote_dir}/{EXIT_FILE}" if resume else remote_dir
-        container.exec_run(["rm", "-rf", "--", stale])
+    if remote_name is not None and not resume:  # a name that may have run before (a batch cell's next attempt)
+        container.exec_run(["rm", "-rf", "--", remote_dir])
     if not container.put_archive(containers.WORKSPACE, _tar_of(files)):
         raise PuffctlError(f"box {engine.box}: could not write {remote_dir} in {container.name}", exit_code=1)
-    runs.write_json(path / "source.json", source)
+    if not resume:
+        runs.write_json(path / "source.json", source)
     env = {"PYTHONPATH": containers.WORKSPACE, "PYTHONUNBUFFERED": "1"}
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus
-    trainer = "python -m trainer --config config.yaml --run-dir ." + (" --resume" if resume else "")
-    command = ["sh", "-c", f"echo $$ > {PID_FILE} && exec {trainer}"]
-    exec_id = containers.exec_detached(engine, container.id, command, f"{remote_dir}/stdout.log", env=env,
-                                       workdir=remote_dir)
+    output: list[bytes] = []
+    code = containers.run(engine, container.id, ["python", "-c", LAUNCH, "resume" if resume else "new", str(int(need_checkpoint))],
+                          lambda kind, data: output.append(data), env=env, workdir=remote_dir)
+    text = b"".join(output).decode(errors="replace").strip()
+    try:
+        answer = json.loads(text.splitlines()[-1]) if code == 0 else {}
+    except (ValueError, IndexError):
+        answer = {}
+    if "refused" in answer:
+        raise PuffctlError(f"box {engine.box}: {answer['refused']}")
+    if "pid" not in answer:
+        raise PuffctlError(f"box {engine.box}: could not start the trainer in {container.name}: {text[-300:]}", exit_code=1)
     if lease is not None:
         engine.client.api.exec_start(engine.client.api.exec_create(
             container.id, ["python", "-c", LEASE, str(lease)], workdir=remote_dir)["Id"], detach=True)
     remote = Remote(engine.box, container_name, container.id, remote_dir, gpus)
     launch = runs.read_json(path / runs.LAUNCH_FILE)
-    launch.update(remote={**remote.__dict__, "exec_id": exec_id, "started": time.time()}, host=f"box:{engine.box}")
+    launch.update(remote={**remote.__dict__, "pid": answer["pid"], "started": time.time()}, host=f"box:{engine.box}")
+    if resume:
+        launch["resumes"] = int(launch.get("resumes") or 0) + 1
     runs.write_json(path / runs.LAUNCH_FILE, launch)
     return remote
 
@@ -418,7 +497,7 @@ def remote_statuses(found: list[runs.Run]) -> dict[str, str]:
     pending: dict[str, list[tuple[runs.Run, Remote]]] = {}
     for run in found:
         remote = Remote.of(run.launch)
-        if remote is not None and not run.launch["remote"].get("copied_back") and not run.state.finished:
+        if remote is not None and not run.launch["remote"].get("copied_back"):  # finished here, maybe resumed there
             pending.setdefault(remote.box, []).append((run, remote))
 
     def ask(box: str) -> dict[str, str]:

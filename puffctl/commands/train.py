@@ -46,12 +46,11 @@ def train(
     from puffctl.events import RunState
 
     root = runs.runs_root(runs_dir)
-    if box is None and (gpu is not None or container != "dev" or stop_on_interrupt):
+    box_flags = gpu is not None or container != "dev" or stop_on_interrupt
+    if box is None and resume is None and box_flags:
         raise PuffctlError("--gpu, --container and --stop-on-interrupt go with --box BOX")
-    if box is not None and resume is not None:
-        raise PuffctlError("--resume of a run on a box is not supported yet; start a new run with --box")
     gpus = None
-    if box is not None:
+    if box is not None and resume is None:
         from puffctl import remote
 
         gpus = remote.parse_gpus(gpu)
@@ -65,7 +64,17 @@ def train(
         run = runs.get_run(root, resume)
         if profile is not None and run.profile and profile != run.profile:
             raise PuffctlError(f"run {resume!r} was trained from profile {run.profile!r}, not {profile!r}")
-        launch.check_resumable(run)
+        if isinstance(run.launch.get("remote"), dict):
+            from puffctl import remote
+
+            where = remote.Remote.of(run.launch)
+            gpus = remote.check_resume(run, where, box, container, gpu)
+            box, container = where.box, where.container
+        elif box is not None or box_flags:
+            raise PuffctlError(f"run {resume!r} ran on this machine and resumes here: drop --box, --gpu, --container "
+                               f"and --stop-on-interrupt")
+        else:
+            launch.check_resumable(run)
         runs.ensure_writable(root)
         path = run.path
         against = against or run.launch.get("against")
@@ -90,7 +99,8 @@ def train(
 
     if box is not None:
         raise typer.Exit(train_on_box(path, box, container, gpus, detach=detach, quiet=no_dashboard,
-                                      stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir))
+                                      stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir,
+                                      resumed=(state, offset) if resume is not None else None))
     if detach:
         from puffctl.build import ensure_built
 
@@ -169,26 +179,33 @@ def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, r
 
 
 def train_on_box(path: Path, box: str, container: str, gpus: Optional[str], *, detach: bool, quiet: bool,
-                 stop_on_interrupt: bool, runs_dir: Optional[Path]) -> int:
-    """Sync the code to BOX, start the trainer in the dev container there, and follow it like a local run."""
+                 stop_on_interrupt: bool, runs_dir: Optional[Path], resumed=None) -> int:
+    """Sync the code to BOX, start the trainer in the dev container there, and follow it like a local run.
+
+    `resumed`: (state, offset) of a run on BOX to continue from its latest checkpoint there.
+    """
     from puffctl import archive, boxes, launch, remote
     from puffctl.events import RunState
 
     try:
         with boxes.open_box(box) as engine:
             source, sync_s = remote.synced_source(engine, container, archive.repo_root(launch.code_root()))
-            where = remote.start(engine, path, container, gpus, source)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
+            where = remote.start(engine, path, container, gpus, source, resume=resumed is not None,
+                                 need_checkpoint=resumed is not None)
+    except BaseException as error:
+        if resumed is None:
+            shutil.rmtree(path, ignore_errors=True)
+        elif isinstance(error, PuffctlError):
+            raise PuffctlError(f"cannot resume {path.name}: {error}", exit_code=error.exit_code) from None
         raise
     synced = "code already synced" if sync_s is None else f"code synced in {sync_s:.1f} s"
-    console.print(f"started [bold]{path.name}[/] on {box}/{container}"
+    console.print(f"{'resumed' if resumed else 'started'} [bold]{path.name}[/] on {box}/{container}"
                   f"{f' (GPU {gpus})' if gpus else ''}: {synced}", highlight=False)
     if detach:
         console.print(f"watch: puffctl runs attach {path.name}{runs_flag(runs_dir)}", markup=False, highlight=False)
         return 0
-    return watch_remote(path, where, RunState(run_id=path.name), 0, quiet=quiet,
-                        stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir)
+    state, offset = resumed or (RunState(run_id=path.name), 0)
+    return watch_remote(path, where, state, offset, quiet=quiet, stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir)
 
 
 def watch_remote(path: Path, where, state, offset: int, *, quiet: bool, stop_on_interrupt: bool,
