@@ -11,6 +11,7 @@ member checked (regular files and directories inside the run directory only).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -226,6 +227,30 @@ def check_box(name: str, gpus: str | None):
     return box
 
 
+@dataclass
+class HeadStart:
+    """What a start on a box waits for, begun in the background before the command's local work."""
+
+    box: str
+    repo: Path
+    mux: object | None  # the SSH master being connected (puffctl.sshmux.SSHMux), None for unix://
+    tree: object  # a Future of archive.tree_source(repo): the code's files and provenance (git)
+
+
+def head_start(box: str) -> HeadStart:
+    """Begin the SSH handshake to BOX and the code's tree (git) now, so that they overlap the
+    command's imports and checks (the time to the first table line of `train --box`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from puffctl import archive, boxes, launch
+
+    repo = archive.repo_root(launch.code_root())
+    pool = ThreadPoolExecutor(1)
+    tree = pool.submit(archive.tree_source, repo)
+    pool.shutdown(wait=False)
+    return HeadStart(box, repo, boxes.dial(box), tree)
+
+
 def check_resume(run: runs.Run, where: Remote, box: str | None, container: str, gpu: str | None) -> str | None:
     """The GPUs to resume remote run `run` with (--gpu, else its own); one line for a completed run
     or a --box/--container other than where it lives. The box itself checks its lock and checkpoints."""
@@ -258,16 +283,32 @@ def python_runs(engine: Engine, name: str) -> bool:
     return containers.run(engine, container.id, ["python", "-c", "pass"], lambda kind, data: None) == 0
 
 
-def synced_source(engine: Engine, name: str, repo: Path) -> tuple[dict, float | None]:
-    """Sync the git-tracked code unless the workspace already holds exactly it; (provenance, sync seconds or None)."""
+def workspace_state(container) -> dict[str, bytes]:
+    """The files of the workspace's sync state (source.json, manifest.txt, ...) in one get-archive; {} if none."""
+    import docker.errors
+
+    from puffctl import containers
+
+    try:
+        stream, _ = container.get_archive(f"{containers.WORKSPACE}/{containers.STATE_DIR}")
+    except docker.errors.NotFound:
+        return {}
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        return {Path(member.name).name: tar.extractfile(member).read() for member in tar if member.isreg()}
+
+
+def synced_source(engine: Engine, name: str, repo: Path, *, container=None, tree=None) -> tuple[dict, float | None]:
+    """Sync the git-tracked code unless the workspace already holds exactly it; (provenance, sync seconds or None).
+
+    `container`: my dev container NAME, already resolved; `tree`: archive.tree_source(repo), already made.
+    """
     from puffctl import archive, containers
 
-    container = running_container(engine, name)
-    captured, files = archive.tree_source(repo)
-    there = containers.read_file(engine, container, f"{containers.WORKSPACE}/{containers.STATE_DIR}/source.json")
-    manifest = containers.read_file(engine, container, f"{containers.WORKSPACE}/{containers.STATE_DIR}/manifest.txt")
-    if there and manifest and json.loads(there) == captured.info and \
-            manifest.decode(errors="replace").splitlines() == files:
+    container = container or running_container(engine, name)
+    captured, files = tree or archive.tree_source(repo)
+    there = workspace_state(container)
+    if there.get("source.json") and there.get("manifest.txt") and json.loads(there["source.json"]) == captured.info \
+            and there["manifest.txt"].decode(errors="replace").splitlines() == files:
         return captured.info, None
     began = time.monotonic()
     result = containers.sync(engine, name, repo)
@@ -275,8 +316,6 @@ def synced_source(engine: Engine, name: str, repo: Path) -> tuple[dict, float | 
 
 
 def _tar_of(files: dict[str, bytes]) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         directories = sorted({str(parent) for name in files for parent in Path(name).parents if str(parent) != "."})
@@ -293,18 +332,19 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
 
 def start(engine: Engine, path: Path, container_name: str, gpus: str | None, source: dict, *,
           remote_name: str | None = None, resume: bool = False, need_checkpoint: bool = False,
-          lease: float | None = None) -> Remote:
+          lease: float | None = None, container=None) -> Remote:
     """Put the run's config on the box and start the trainer there, detached; record where in launch.json.
 
     `remote_name`: the directory under /workspace/runs (default: the run id). `resume`: continue
     from the checkpoints already there (its source.json stays, as for a local resume);
     `need_checkpoint`: refuse with one line unless one of them is intact. `lease`: the trainer
     stops itself when nobody has asked about it (probe) for that many seconds. A trainer already
-    running in that directory (its lock held) is a one-line refusal naming it.
+    running in that directory (its lock held) is a one-line refusal naming it. `container`: the
+    dev container, already resolved.
     """
     from puffctl import containers
 
-    container = running_container(engine, container_name)
+    container = container or running_container(engine, container_name)
     name = remote_name or path.name
     remote_dir = f"{REMOTE_ROOT}/{name}"
     top = Path(REMOTE_ROOT).relative_to(containers.WORKSPACE)
@@ -384,16 +424,22 @@ class Detached(Exception):
 
 def follow(path: Path, remote: Remote, on_bytes: Callable[[], None], *, reconnect_for: float = RECONNECT_FOR,
            on_reconnect: Callable[[str], None] = lambda why: None,
-           open_engine: Callable[[str], object] | None = None) -> int:
+           open_engine: Callable[[str], object] | None = None, engine=None) -> int:
     """Append the remote events.jsonl to the local one until the trainer has exited; returns its exit code.
 
     Each (re)connection resumes at the local file's size, so the local file stays a byte-exact
     prefix of the remote one. A lost connection is retried for `reconnect_for` seconds; after
-    that a PuffctlError says the run goes on and how to re-attach.
+    that a PuffctlError says the run goes on and how to re-attach. `engine`: a connection to the
+    box already open (the one that started the run), used first and closed here.
     """
     from puffctl import boxes, containers
 
-    open_engine = open_engine or boxes.open_box
+    connect = open_engine or boxes.open_box
+    handed = [engine] if engine is not None else []
+
+    def open_engine(box: str):
+        return handed.pop() if handed else connect(box)
+
     local = path / "events.jsonl"
     local.touch()
     lost_since: float | None = None

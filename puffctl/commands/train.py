@@ -49,12 +49,13 @@ def train(
     box_flags = gpu is not None or container != "dev" or stop_on_interrupt
     if box is None and resume is None and box_flags:
         raise PuffctlError("--gpu, --container and --stop-on-interrupt go with --box BOX")
-    gpus = None
+    gpus = head = None
     if box is not None and resume is None:
         from puffctl import remote
 
         gpus = remote.parse_gpus(gpu)
         remote.check_box(box, gpus)
+        head = remote.head_start(box)
     if logger is not None and logger not in LOGGERS:
         raise PuffctlError(f"--logger {logger!r}: expected one of {', '.join(LOGGERS)}")
     if resume is not None:
@@ -70,6 +71,7 @@ def train(
             where = remote.Remote.of(run.launch)
             gpus = remote.check_resume(run, where, box, container, gpu)
             box, container = where.box, where.container
+            head = remote.head_start(box)
         elif box is not None or box_flags:
             raise PuffctlError(f"run {resume!r} ran on this machine and resumes here: drop --box, --gpu, --container "
                                f"and --stop-on-interrupt")
@@ -99,7 +101,7 @@ def train(
 
     if box is not None:
         raise typer.Exit(train_on_box(path, box, container, gpus, detach=detach, quiet=no_dashboard,
-                                      stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir,
+                                      stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir, head=head,
                                       resumed=(state, offset) if resume is not None else None))
     if detach:
         from puffctl.build import ensure_built
@@ -179,20 +181,27 @@ def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, r
 
 
 def train_on_box(path: Path, box: str, container: str, gpus: Optional[str], *, detach: bool, quiet: bool,
-                 stop_on_interrupt: bool, runs_dir: Optional[Path], resumed=None) -> int:
+                 stop_on_interrupt: bool, runs_dir: Optional[Path], head=None, resumed=None) -> int:
     """Sync the code to BOX, start the trainer in the dev container there, and follow it like a local run.
 
-    `resumed`: (state, offset) of a run on BOX to continue from its latest checkpoint there.
+    `head`: remote.head_start(box), begun before the local checks; `resumed`: (state, offset) of a
+    run on BOX to continue from its latest checkpoint there. The connection that started the run
+    follows it (no second handshake before the table).
     """
-    from puffctl import archive, boxes, launch, remote
+    from puffctl import boxes, remote
     from puffctl.events import RunState
 
+    head = head or remote.head_start(box)
+    engine = None
     try:
-        with boxes.open_box(box) as engine:
-            source, sync_s = remote.synced_source(engine, container, archive.repo_root(launch.code_root()))
-            where = remote.start(engine, path, container, gpus, source, resume=resumed is not None,
-                                 need_checkpoint=resumed is not None)
+        engine = boxes.connect_box(box, head.mux)
+        dev = remote.running_container(engine, container)
+        source, sync_s = remote.synced_source(engine, container, head.repo, container=dev, tree=head.tree.result())
+        where = remote.start(engine, path, container, gpus, source, resume=resumed is not None,
+                             need_checkpoint=resumed is not None, container=dev)
     except BaseException as error:
+        if engine is not None:
+            engine.close()
         if resumed is None:
             shutil.rmtree(path, ignore_errors=True)
         elif isinstance(error, PuffctlError):
@@ -202,15 +211,20 @@ def train_on_box(path: Path, box: str, container: str, gpus: Optional[str], *, d
     console.print(f"{'resumed' if resumed else 'started'} [bold]{path.name}[/] on {box}/{container}"
                   f"{f' (GPU {gpus})' if gpus else ''}: {synced}", highlight=False)
     if detach:
+        engine.close()
         console.print(f"watch: puffctl runs attach {path.name}{runs_flag(runs_dir)}", markup=False, highlight=False)
         return 0
     state, offset = resumed or (RunState(run_id=path.name), 0)
-    return watch_remote(path, where, state, offset, quiet=quiet, stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir)
+    return watch_remote(path, where, state, offset, quiet=quiet, stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir,
+                        engine=engine)
 
 
 def watch_remote(path: Path, where, state, offset: int, *, quiet: bool, stop_on_interrupt: bool,
-                 runs_dir: Optional[Path]) -> int:
-    """Show a remote run's events as they arrive, then copy it back; Ctrl-C detaches (or stops it, if asked)."""
+                 runs_dir: Optional[Path], engine=None) -> int:
+    """Show a remote run's events as they arrive, then copy it back; Ctrl-C detaches (or stops it, if asked).
+
+    `engine`: an open connection to the run's box, to follow with first (closed when done with).
+    """
     from puffctl import boxes, remote
     from puffctl.dashboard import Dashboard, event_line, fit_width, human_duration
     from puffctl.events import Tail
@@ -246,7 +260,8 @@ def watch_remote(path: Path, where, state, offset: int, *, quiet: bool, stop_on_
             board.start(state)
         while True:
             try:
-                returncode = remote.follow(path, where, show, on_reconnect=reconnecting)
+                handed, engine = engine, None  # follow() closes it
+                returncode = remote.follow(path, where, show, on_reconnect=reconnecting, engine=handed)
                 break
             except KeyboardInterrupt:
                 if not stop_on_interrupt or stopping:
