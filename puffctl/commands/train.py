@@ -96,7 +96,8 @@ def train(
         reference = load_reference(root, against) if against else None
         record = {"profile": loaded.name, "profile_file": str(loaded.path), "sets": list(sets), "env": config["env"]["name"],
                   "against": against}
-        path = launch.prepare(root, name or loaded.name, config, record, exact=name is not None)
+        path = launch.prepare(root, name or loaded.name, config, record, exact=name is not None,
+                              source=head.tree.result()[0] if head is not None else None)  # the tree sent to the box
         state, offset = RunState(run_id=path.name), 0
 
     if box is not None:
