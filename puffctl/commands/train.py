@@ -27,7 +27,7 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run id (default: PROFILE-<UTC time>); must be new."),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root (default: $PUFFCTL_RUNS_DIR, else ./runs)."),
     logger: Optional[str] = typer.Option(None, "--logger", metavar="local|neptune", help="local, or neptune (also logs to Neptune; offline without NEPTUNE_API_TOKEN)."),
-    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN", help="Continue run RUN from its latest checkpoint (same id, its own config)."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN", help="Continue run RUN from its latest checkpoint (same id, its own config); a run on a box resumes on its box."),
     detach: bool = typer.Option(False, "--detach", help="Start the run and return; watch it with `puffctl runs tail RUN -f`."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="No table: print only the run id, warnings and the final line."),
     against: Optional[str] = typer.Option(None, "--against", metavar="RUN", help="Show a reference run's metric at the same step, with the difference: a pinned name (`puffctl runs pin`), run id or run dir. Default: the profile's `reference:`."),
