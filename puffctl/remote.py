@@ -363,8 +363,9 @@ def start(engine: Engine, path: Path, container_name: str, gpus: str | None, sou
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus
     output: list[bytes] = []
-    code = containers.run(engine, container.id, ["python", "-c", LAUNCH, "resume" if resume else "new", str(int(need_checkpoint))],
-                          lambda kind, data: output.append(data), env=env, workdir=remote_dir)
+    launcher = ["python", "-c", LAUNCH, "resume" if resume else "new", str(int(need_checkpoint))]
+    code = containers.run(engine, container.id, launcher, lambda kind, data: output.append(data), env=env,
+                          workdir=remote_dir)
     text = b"".join(output).decode(errors="replace").strip()
     try:
         answer = json.loads(text.splitlines()[-1]) if code == 0 else {}
