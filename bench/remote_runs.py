@@ -5,12 +5,17 @@ Starts the test tooling's private dockerd and sshd (root needed) and the Python 
 then over ssh:// (box `lab`, a dev container from that image):
 
 1. `puffctl train --box` with the code not yet synced: the sync time;
-2. again, code synced: seconds to the "started" line and to the first table line (the start event);
-3. one run followed in-process while the ssh master is killed --disconnects times: each
-   progress event's latency (its arrival here minus its `time`, the clock is shared), and
+2. again, code synced: seconds to the first table line (the "started" line; the table follows it
+   at once) and to the trainer's start event;
+3. --starts times `train --box --detach`, code synced, each after the previous trainer ended:
+   wall seconds to the "started" line, and the CLI's wall and CPU seconds (user+sys, its own
+   process) to its exit; medians, with the 1-minute load average around them (a shared machine
+   inflates the wall seconds, less so the CPU seconds);
+4. one run followed in-process while the ssh master is killed --disconnects times (0: skipped):
+   each progress event's latency (its arrival here minus its `time`, the clock is shared), and
    whether the local events.jsonl equals the box's byte for byte.
 
-    python bench/remote_runs.py [--disconnects 20] [--steps 400000] [--out FILE]
+    python bench/remote_runs.py [--starts 5] [--disconnects 20] [--steps 400000] [--out FILE]
 """
 
 from __future__ import annotations
@@ -36,12 +41,12 @@ sys.path.insert(0, str(REPO / "tests" / "tooling"))
 import boxes_realparts as realparts  # noqa: E402
 
 
-def timed_train(env: dict, name: str, steps: int) -> dict:
-    """Run `puffctl train --box lab` to the end; seconds from the call to its first lines."""
+def timed_train(env: dict, name: str, steps: int, *, detach: bool = False) -> dict:
+    """Run `puffctl train --box lab` to its exit; seconds from the call to its first lines, its wall and CPU seconds."""
     began = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "puffctl", "train", "baseline", "--box", "lab", "--name", name,
-                                "--steps", str(steps), "--no-dashboard"], env=env, cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                "--steps", str(steps), "--no-dashboard", *(["--detach"] if detach else [])], env=env,
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     marks, lines = {}, []
     for line in process.stdout:
         lines.append(line.rstrip())
@@ -49,9 +54,38 @@ def timed_train(env: dict, name: str, steps: int) -> dict:
             marks["started"] = time.monotonic() - began
         if "] start:" in line and "first_event" not in marks:
             marks["first_event"] = time.monotonic() - began
-    process.wait()
-    marks["lines"] = lines
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    marks.update(lines=lines, wall=time.monotonic() - began, cpu=usage.ru_utime + usage.ru_stime,
+                 returncode=process.returncode)
     return marks
+
+
+def wait_until_ended(name: str) -> None:
+    """Until the trainer of run `name` on box lab has exited (so it does not load the next measurement)."""
+    from puffctl import boxes, runs
+    from puffctl.remote import Remote, probe
+
+    where = Remote.of(runs.read_json(Path(os.environ["PUFFCTL_RUNS_DIR"]) / name / runs.LAUNCH_FILE))
+    with boxes.open_box("lab") as box:
+        while probe(box, where)["alive"]:
+            time.sleep(0.5)
+
+
+def timed_starts(env: dict, count: int) -> dict:
+    """`train --box --detach` `count` times, code synced, one trainer at a time: medians and the load around them."""
+    loads, started, walls, cpus = [os.getloadavg()[0]], [], [], []
+    for index in range(count):
+        marks = timed_train(env, f"start{index}", 2048, detach=True)
+        assert marks["returncode"] == 0, marks["lines"]
+        started.append(marks["started"])
+        walls.append(marks["wall"])
+        cpus.append(marks["cpu"])
+        wait_until_ended(f"start{index}")
+    loads.append(os.getloadavg()[0])
+    return {"starts": count, "start_started_s_median": statistics.median(started), "start_started_s_min": min(started),
+            "start_cli_wall_s_median": statistics.median(walls), "start_cli_cpu_s_median": statistics.median(cpus),
+            "start_load_1min": f"{loads[0]:.1f} -> {loads[1]:.1f}"}
 
 
 def follow_with_disconnects(path: Path, where, disconnects: int, interval: float) -> dict:
@@ -88,9 +122,41 @@ def follow_with_disconnects(path: Path, where, disconnects: int, interval: float
     return {"latencies": latencies, "disconnects": killed[0], "returncode": code}
 
 
+def disconnect_run(env: dict, scratch: Path, args: argparse.Namespace) -> dict:
+    """One detached run followed here through --disconnects killed ssh masters: loss, duplicates, latency."""
+    import io
+    import tarfile
+
+    from puffctl import boxes, runs
+    from puffctl.remote import Remote
+
+    launched = subprocess.run([sys.executable, "-m", "puffctl", "train", "baseline", "--box", "lab", "--name",
+                               "faults", "--steps", str(args.steps), "--detach"], env=env, cwd=REPO,
+                              capture_output=True, text=True, check=True)
+    path = scratch / "runs" / "faults"
+    where = Remote.of(runs.read_json(path / runs.LAUNCH_FILE))
+    followed = follow_with_disconnects(path, where, args.disconnects, args.interval)
+    with boxes.open_box("lab") as box:
+        stream, _ = box.client.api.get_archive(where.container_id, where.events)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            remote_bytes = tar.extractfile(tar.next()).read()
+    local_bytes = (path / "events.jsonl").read_bytes()
+    local_lines, remote_lines = local_bytes.splitlines(), remote_bytes.splitlines()
+    return {
+        "disconnects": followed["disconnects"], "events_remote": len(remote_lines), "events_local": len(local_lines),
+        "identical": local_bytes == remote_bytes,
+        "duplicated": len(local_lines) - len(set(local_lines)),
+        "lost": len(set(remote_lines) - set(local_lines)),
+        "latency_median_s": statistics.median(followed["latencies"]) if followed["latencies"] else None,
+        "latency_p90_s": statistics.quantiles(followed["latencies"], n=10)[-1] if len(followed["latencies"]) > 9 else None,
+        "trainer_started": launched.stdout.strip().splitlines()[0],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--disconnects", type=int, default=20)
+    parser.add_argument("--starts", type=int, default=5, help="detached starts timed, code synced")
+    parser.add_argument("--disconnects", type=int, default=20, help="forced disconnects in one followed run (0: skip)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between forced disconnects")
     parser.add_argument("--steps", type=int, default=400_000, help="steps of the disconnect run (it must outlast them)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "remote_runs.json")
@@ -104,8 +170,7 @@ def main() -> None:
         sshd = realparts.start_sshd(engine.url)
         os.environ.update(PUFFCTL_CONFIG_DIR=str(scratch / "config"), PUFFCTL_OWNER="bench",
                           PUFFCTL_RUNS_DIR=str(scratch / "runs"), PUFFCTL_SSH_CONFIG=str(sshd.client_config))
-        from puffctl import boxes, containers, runs
-        from puffctl.remote import Remote
+        from puffctl import boxes, containers
 
         boxes.add_box("lab", f"ssh://{sshd.alias}", cpu_only=True)
         with boxes.open_box("lab") as box:
@@ -114,32 +179,12 @@ def main() -> None:
         cold = timed_train(env, "cold", 20_000)
         sync_line = next(line for line in cold["lines"] if "started" in line)
         warm = timed_train(env, "warm", 20_000)
-        launched = subprocess.run([sys.executable, "-m", "puffctl", "train", "baseline", "--box", "lab", "--name",
-                                   "faults", "--steps", str(args.steps), "--detach"], env=env, cwd=REPO,
-                                  capture_output=True, text=True, check=True)
-        path = scratch / "runs" / "faults"
-        where = Remote.of(runs.read_json(path / runs.LAUNCH_FILE))
-        followed = follow_with_disconnects(path, where, args.disconnects, args.interval)
-        with boxes.open_box("lab") as box:
-            stream, _ = box.client.api.get_archive(where.container_id, where.events)
-            import io
-            import tarfile
-
-            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                remote_bytes = tar.extractfile(tar.next()).read()
-        local_bytes = (path / "events.jsonl").read_bytes()
-        local_lines, remote_lines = local_bytes.splitlines(), remote_bytes.splitlines()
-        result = {
-            "sync_line": sync_line, "warm_started_s": warm.get("started"), "warm_first_event_s": warm.get("first_event"),
-            "cold_started_s": cold.get("started"), "disconnects": followed["disconnects"],
-            "events_remote": len(remote_lines), "events_local": len(local_lines),
-            "identical": local_bytes == remote_bytes,
-            "duplicated": len(local_lines) - len(set(local_lines)),
-            "lost": len(set(remote_lines) - set(local_lines)),
-            "latency_median_s": statistics.median(followed["latencies"]) if followed["latencies"] else None,
-            "latency_p90_s": statistics.quantiles(followed["latencies"], n=10)[-1] if len(followed["latencies"]) > 9 else None,
-            "load_1min": os.getloadavg()[0], "trainer_started": launched.stdout.strip().splitlines()[0],
-        }
+        result = {"sync_line": sync_line, "warm_started_s": warm.get("started"),
+                  "warm_first_event_s": warm.get("first_event"), "cold_started_s": cold.get("started"),
+                  **timed_starts(env, args.starts)}
+        if args.disconnects:
+            result.update(disconnect_run(env, scratch, args))
+        result["load_1min"] = os.getloadavg()[0]
     finally:
         if sshd is not None:
             sshd.stop()

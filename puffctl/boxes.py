@@ -23,6 +23,7 @@ from puffctl.errors import PuffctlError
 
 if TYPE_CHECKING:  # docker is imported only when a command talks to a box
     from puffctl.engine import Engine
+    from puffctl.sshmux import SSHMux
     from puffctl.gpu import GPUReport
 
 REGISTRY_FILE = "boxes.json"
@@ -199,13 +200,38 @@ def record_health(name: str, health: dict) -> None:
 
 
 @contextlib.contextmanager
-def open_box(name: str) -> Iterator[Engine]:
-    """Connect to a registered box for the duration of one command (one SSH connection)."""
+def open_box(name: str, mux: SSHMux | None = None) -> Iterator[Engine]:
+    """Connect to a registered box for the duration of one command (one SSH connection).
+
+    `mux`: its connection begun early by `dial(name)`.
+    """
+    with connect_box(name, mux) as engine:
+        yield engine
+
+
+def connect_box(name: str, mux: SSHMux | None = None) -> Engine:
+    """An open connection to a registered box, for whoever closes it (or uses it in `with`)."""
     from puffctl.engine import connect
 
     box = get_box(name)
-    with connect(box.name, box.host) as engine:
-        yield engine
+    return connect(box.name, box.host, mux=mux)
+
+
+def dial(name: str) -> SSHMux | None:
+    """Begin the SSH connection to a registered ssh:// box now, without the Docker SDK, so that the
+    handshake overlaps the command's own work; hand it to `open_box`. None for a unix:// box."""
+    import atexit
+
+    from puffctl.sshmux import SSHMux, parse_host
+
+    box = get_box(name)
+    url = parse_host(box.host)
+    if url.scheme != "ssh":
+        return None
+    mux = SSHMux(box.name, url)
+    mux.begin()
+    atexit.register(mux.close)  # if the command stops before it connects
+    return mux
 
 
 # ---- status for `box list` -------------------------------------------------------------------

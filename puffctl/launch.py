@@ -38,16 +38,20 @@ def code_root() -> Path:
     return Path(next(iter(spec.submodule_search_locations))).resolve().parent
 
 
-def prepare(root: Path, base_name: str, config: dict, launch: dict, *, exact: bool = False) -> Path:
+def prepare(root: Path, base_name: str, config: dict, launch: dict, *, exact: bool = False,
+            source: provenance.Source | None = None) -> Path:
     """Create a fresh run directory with config.yaml, launch.json and the code's provenance
-    (source.json, source.patch: trainer/provenance.py).
+    (source.json, source.patch: trainer/provenance.py; `source` when the caller has it already).
 
     The run id is `base_name` itself when `exact`, else `<base_name>-<UTC time>`.
     """
     path = runs.create_run_dir(root, base_name if exact else runs.slug(base_name), exact=exact)
     try:
         (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        provenance.record(path, code_root())
+        if source is not None:
+            provenance.write(path, source)
+        else:
+            provenance.record(path, code_root())
         runs.write_json(path / runs.LAUNCH_FILE, {**launch, "created": time.time(), "host": socket.gethostname()})
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)

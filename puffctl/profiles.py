@@ -267,14 +267,13 @@ def check_env(name: str) -> None:
     """A one-line error (with suggestions) for an env name the trainer could not build.
 
     Gymnasium ids in a namespace ("ALE/Pong-v5") are left to the trainer: their package
-    registers them only when imported.
+    registers them only when imported. An id gymnasium's registration file names is accepted
+    without importing gymnasium (a second of a `train` start).
     """
-    from trainer import envs
-
     prefix = name.split(":", 1)[0] + ":"
     if prefix in ("gym:", "minigrid:"):
         env_id = name.removeprefix(prefix)
-        if "/" in env_id:
+        if "/" in env_id or (prefix == "gym:" and registered_by_gymnasium(env_id)):
             return
         import gymnasium
 
@@ -289,11 +288,27 @@ def check_env(name: str) -> None:
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(prefix + match for match in close)}?)" if close else ""
         raise PuffctlError(f"env.name={name!r}: {'gymnasium' if prefix == 'gym:' else 'minigrid'} has no env {env_id!r}{hint}")
+    from trainer import envs
+
     if name not in envs.BUILTINS:
         choices = [*envs.BUILTINS, "gym:CartPole-v1"]
         close = difflib.get_close_matches(name, choices, n=2, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"use gym:<gymnasium id> or one of {', '.join(envs.BUILTINS)}"
         raise PuffctlError(f"env.name={name!r}: unknown env ({hint})")
+
+
+def registered_by_gymnasium(env_id: str) -> bool:
+    """True if gymnasium's registration file (gymnasium/envs/__init__.py, read as text) registers `env_id`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gymnasium")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    try:
+        text = (Path(next(iter(spec.submodule_search_locations))) / "envs" / "__init__.py").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return f'id="{env_id}"' in text
 
 
 def algorithm(config: Mapping) -> str:

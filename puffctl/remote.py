@@ -11,9 +11,9 @@ member checked (regular files and directories inside the run directory only).
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shlex
 import shutil
 import tarfile
 import tempfile
@@ -112,6 +112,57 @@ while not os.path.exists("%s"):
         break
 """ % (EXIT_FILE, PID_FILE, EXIT_FILE)
 
+# Starts the trainer in the run directory (the current one) so that two starts never run two trainers:
+# takes the run's lock (trainer/runlock.py) or refuses naming its holder; on a checked resume,
+# refuses a completed run or one without an intact checkpoint. A keeper process (its own session, outliving this exec) starts the
+# trainer with the lock handed down (--lock-fd), writes its pid, waits, and writes the exit file
+# (128+N for a signal, like a shell). Prints one JSON line: {"pid": N} or {"refused": why}.
+LAUNCH = """\
+import json, os, subprocess, sys
+from pathlib import Path
+from trainer import checkpoint, runlock
+resume = sys.argv[1] == "resume"
+here = Path.cwd()
+try:
+    lock = runlock.acquire(here, "puffctl launcher")
+    if resume and sys.argv[2] == "1":
+        if os.path.exists("status.json") and json.load(open("status.json")).get("status") == "completed":
+            raise ValueError(f"run {here.name} already completed; nothing to resume")
+        checkpoint.newest_intact(here)
+except (runlock.RunLocked, checkpoint.NoIntactCheckpoint, ValueError) as error:
+    print(json.dumps({"refused": str(error)}))
+    sys.exit(0)
+if resume and os.path.exists("events.jsonl") and os.path.getsize("events.jsonl"):  # a killed writer's last line
+    with open("events.jsonl", "rb+") as events:
+        events.seek(-1, 2)
+        if events.read(1) != b"\\n":
+            events.write(b"\\n")
+if os.path.exists("%s"):
+    os.remove("%s")
+argv = [sys.executable, *json.loads(sys.argv[3]), "--lock-fd", str(lock.fileno())]
+reader, writer = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    with open("stdout.log", "ab") as log:
+        trainer = subprocess.Popen(argv + (["--resume"] if resume else []), stdout=log, stderr=subprocess.STDOUT,
+                                   pass_fds=(lock.fileno(),))
+    with open("%s", "w") as handle:
+        handle.write(str(trainer.pid))
+    os.write(writer, str(trainer.pid).encode())
+    os.close(writer)
+    code = trainer.wait()
+    with open("%s.tmp", "w") as handle:
+        handle.write(f"{128 - code if code < 0 else code}\\n")
+    os.replace("%s.tmp", "%s")
+    os._exit(0)
+os.close(writer)
+pid = os.read(reader, 32)
+print(json.dumps({"pid": int(pid)} if pid else {"refused": "the trainer did not start (see stdout.log)"}))
+""" % (EXIT_FILE, EXIT_FILE, PID_FILE, EXIT_FILE, EXIT_FILE, EXIT_FILE)
+
 # Prints the bytes of a file from an offset to its end (nothing if it does not exist yet).
 READ_FROM = """\
 import sys
@@ -176,6 +227,44 @@ def check_box(name: str, gpus: str | None):
     return box
 
 
+@dataclass
+class HeadStart:
+    """What a start on a box waits for, begun in the background before the command's local work."""
+
+    box: str
+    repo: Path
+    mux: object | None  # the SSH master being connected (puffctl.sshmux.SSHMux), None for unix://
+    tree: object  # a Future of archive.tree_source(repo): the code's files and provenance (git)
+
+
+def head_start(box: str) -> HeadStart:
+    """Begin the SSH handshake to BOX and the code's tree (git) now, so that they overlap the
+    command's imports and checks (the time to the first table line of `train --box`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from puffctl import archive, boxes, launch
+
+    repo = archive.repo_root(launch.code_root())
+    pool = ThreadPoolExecutor(1)
+    tree = pool.submit(archive.tree_source, repo)
+    pool.shutdown(wait=False)
+    return HeadStart(box, repo, boxes.dial(box), tree)
+
+
+def check_resume(run: runs.Run, where: Remote, box: str | None, container: str, gpu: str | None) -> str | None:
+    """The GPUs to resume remote run `run` with (--gpu, else its own); one line for a completed run
+    or a --box/--container other than where it lives. The box itself checks its lock and checkpoints."""
+    if run.status == "completed":
+        raise PuffctlError(f"run {run.run_id!r} already completed; nothing to resume")
+    if box is not None and box != where.box:
+        raise PuffctlError(f"run {run.run_id!r} lives on box {where.box}, not {box}: drop --box")
+    if container not in ("dev", where.container):
+        raise PuffctlError(f"run {run.run_id!r} lives in container {where.container}, not {container}: drop --container")
+    gpus = parse_gpus(gpu) if gpu is not None else where.gpus
+    check_box(where.box, gpus)
+    return gpus
+
+
 def running_container(engine: Engine, name: str):
     """My dev container NAME on the box, which must be running."""
     from puffctl import containers
@@ -194,16 +283,32 @@ def python_runs(engine: Engine, name: str) -> bool:
     return containers.run(engine, container.id, ["python", "-c", "pass"], lambda kind, data: None) == 0
 
 
-def synced_source(engine: Engine, name: str, repo: Path) -> tuple[dict, float | None]:
-    """Sync the git-tracked code unless the workspace already holds exactly it; (provenance, sync seconds or None)."""
+def workspace_state(container) -> dict[str, bytes]:
+    """The files of the workspace's sync state (source.json, manifest.txt, ...) in one get-archive; {} if none."""
+    import docker.errors
+
+    from puffctl import containers
+
+    try:
+        stream, _ = container.get_archive(f"{containers.WORKSPACE}/{containers.STATE_DIR}")
+    except docker.errors.NotFound:
+        return {}
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        return {Path(member.name).name: tar.extractfile(member).read() for member in tar if member.isreg()}
+
+
+def synced_source(engine: Engine, name: str, repo: Path, *, container=None, tree=None) -> tuple[dict, float | None]:
+    """Sync the git-tracked code unless the workspace already holds exactly it; (provenance, sync seconds or None).
+
+    `container`: my dev container NAME, already resolved; `tree`: archive.tree_source(repo), already made.
+    """
     from puffctl import archive, containers
 
-    container = running_container(engine, name)
-    captured, files = archive.tree_source(repo)
-    there = containers.read_file(engine, container, f"{containers.WORKSPACE}/{containers.STATE_DIR}/source.json")
-    manifest = containers.read_file(engine, container, f"{containers.WORKSPACE}/{containers.STATE_DIR}/manifest.txt")
-    if there and manifest and json.loads(there) == captured.info and \
-            manifest.decode(errors="replace").splitlines() == files:
+    container = container or running_container(engine, name)
+    captured, files = tree or archive.tree_source(repo)
+    there = workspace_state(container)
+    if there.get("source.json") and there.get("manifest.txt") and json.loads(there["source.json"]) == captured.info \
+            and there["manifest.txt"].decode(errors="replace").splitlines() == files:
         return captured.info, None
     began = time.monotonic()
     result = containers.sync(engine, name, repo)
@@ -211,8 +316,6 @@ def synced_source(engine: Engine, name: str, repo: Path) -> tuple[dict, float | 
 
 
 def _tar_of(files: dict[str, bytes]) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         directories = sorted({str(parent) for name in files for parent in Path(name).parents if str(parent) != "."})
@@ -227,52 +330,70 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def trainer_command(path: Path, resume: bool) -> str:
-    """The shell command that starts run `path`'s trainer in its directory on the box: through
-    torchrun (`python -m trainer.distributed`) when its train.world_size asks for several ranks."""
+def trainer_args(path: Path) -> list[str]:
+    """What follows the interpreter in the command that starts run `path`'s trainer in its directory
+    on the box (the launcher adds the lock fd and --resume): through torchrun
+    (`-m trainer.distributed`) when its train.world_size asks for several ranks."""
     from puffctl.launch import world_size
     from trainer import distributed
 
-    args = ["--config", "config.yaml", "--run-dir", "."] + (["--resume"] if resume else [])
-    return shlex.join(distributed.command(world_size(path), args, python="python"))
+    return distributed.command(world_size(path), ["--config", "config.yaml", "--run-dir", "."])[1:]
 
 
 def start(engine: Engine, path: Path, container_name: str, gpus: str | None, source: dict, *,
-          remote_name: str | None = None, resume: bool = False, lease: float | None = None) -> Remote:
+          remote_name: str | None = None, resume: bool = False, need_checkpoint: bool = False,
+          lease: float | None = None, container=None) -> Remote:
     """Put the run's config on the box and start the trainer there, detached; record where in launch.json.
 
     `remote_name`: the directory under /workspace/runs (default: the run id). `resume`: continue
-    from the checkpoints already there. `lease`: the trainer stops itself when nobody has asked
-    about it (probe) for that many seconds.
+    from the checkpoints already there (its source.json stays, as for a local resume);
+    `need_checkpoint`: refuse with one line unless one of them is intact. `lease`: the trainer
+    stops itself when nobody has asked about it (probe) for that many seconds. A trainer already
+    running in that directory (its lock held) is a one-line refusal naming it. `container`: the
+    dev container, already resolved.
     """
     from puffctl import containers
 
-    container = running_container(engine, container_name)
+    container = container or running_container(engine, container_name)
     name = remote_name or path.name
     remote_dir = f"{REMOTE_ROOT}/{name}"
     top = Path(REMOTE_ROOT).relative_to(containers.WORKSPACE)
-    files = {f"{top}/{name}/config.yaml": (path / "config.yaml").read_bytes(),
-             f"{top}/{name}/source.json": json.dumps(source, indent=2).encode() + b"\n"}
+    files = {f"{top}/{name}/config.yaml": (path / "config.yaml").read_bytes()}
+    if not resume:
+        files[f"{top}/{name}/source.json"] = json.dumps(source, indent=2).encode() + b"\n"
     if lease is not None:
         files[f"{top}/{name}/lease"] = b""
-    if remote_name is not None:  # a name that may have run before (a batch cell's next attempt)
-        stale = f"{remote_dir}/{EXIT_FILE}" if resume else remote_dir
-        container.exec_run(["rm", "-rf", "--", stale])
+    if remote_name is not None and not resume:  # a name that may have run before (a batch cell's next attempt)
+        container.exec_run(["rm", "-rf", "--", remote_dir])
     if not container.put_archive(containers.WORKSPACE, _tar_of(files)):
         raise PuffctlError(f"box {engine.box}: could not write {remote_dir} in {container.name}", exit_code=1)
-    runs.write_json(path / "source.json", source)
+    if not resume:
+        runs.write_json(path / "source.json", source)
     env = {"PYTHONPATH": containers.WORKSPACE, "PYTHONUNBUFFERED": "1"}
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus
-    command = ["sh", "-c", f"echo $$ > {PID_FILE} && exec {trainer_command(path, resume)}"]
-    exec_id = containers.exec_detached(engine, container.id, command, f"{remote_dir}/stdout.log", env=env,
-                                       workdir=remote_dir)
+    output: list[bytes] = []
+    launcher = ["python", "-c", LAUNCH, "resume" if resume else "new", str(int(need_checkpoint)),
+                json.dumps(trainer_args(path))]
+    code = containers.run(engine, container.id, launcher, lambda kind, data: output.append(data), env=env,
+                          workdir=remote_dir)
+    text = b"".join(output).decode(errors="replace").strip()
+    try:
+        answer = json.loads(text.splitlines()[-1]) if code == 0 else {}
+    except (ValueError, IndexError):
+        answer = {}
+    if "refused" in answer:
+        raise PuffctlError(f"box {engine.box}: {answer['refused']}")
+    if "pid" not in answer:
+        raise PuffctlError(f"box {engine.box}: could not start the trainer in {container.name}: {text[-300:]}", exit_code=1)
     if lease is not None:
         engine.client.api.exec_start(engine.client.api.exec_create(
             container.id, ["python", "-c", LEASE, str(lease)], workdir=remote_dir)["Id"], detach=True)
     remote = Remote(engine.box, container_name, container.id, remote_dir, gpus)
     launch = runs.read_json(path / runs.LAUNCH_FILE)
-    launch.update(remote={**remote.__dict__, "exec_id": exec_id, "started": time.time()}, host=f"box:{engine.box}")
+    launch.update(remote={**remote.__dict__, "pid": answer["pid"], "started": time.time()}, host=f"box:{engine.box}")
+    if resume:
+        launch["resumes"] = int(launch.get("resumes") or 0) + 1
     runs.write_json(path / runs.LAUNCH_FILE, launch)
     return remote
 
@@ -315,16 +436,22 @@ class Detached(Exception):
 
 def follow(path: Path, remote: Remote, on_bytes: Callable[[], None], *, reconnect_for: float = RECONNECT_FOR,
            on_reconnect: Callable[[str], None] = lambda why: None,
-           open_engine: Callable[[str], object] | None = None) -> int:
+           open_engine: Callable[[str], object] | None = None, engine=None) -> int:
     """Append the remote events.jsonl to the local one until the trainer has exited; returns its exit code.
 
     Each (re)connection resumes at the local file's size, so the local file stays a byte-exact
     prefix of the remote one. A lost connection is retried for `reconnect_for` seconds; after
-    that a PuffctlError says the run goes on and how to re-attach.
+    that a PuffctlError says the run goes on and how to re-attach. `engine`: a connection to the
+    box already open (the one that started the run), used first and closed here.
     """
     from puffctl import boxes, containers
 
-    open_engine = open_engine or boxes.open_box
+    connect = open_engine or boxes.open_box
+    handed = [engine] if engine is not None else []
+
+    def open_engine(box: str):
+        return handed.pop() if handed else connect(box)
+
     local = path / "events.jsonl"
     local.touch()
     lost_since: float | None = None
@@ -428,7 +555,7 @@ def remote_statuses(found: list[runs.Run]) -> dict[str, str]:
     pending: dict[str, list[tuple[runs.Run, Remote]]] = {}
     for run in found:
         remote = Remote.of(run.launch)
-        if remote is not None and not run.launch["remote"].get("copied_back") and not run.state.finished:
+        if remote is not None and not run.launch["remote"].get("copied_back"):  # finished here, maybe resumed there
             pending.setdefault(remote.box, []).append((run, remote))
 
     def ask(box: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run id (default: PROFILE-<UTC time>); must be new."),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", metavar="DIR", help="Runs root (default: $PUFFCTL_RUNS_DIR, else ./runs)."),
     logger: Optional[str] = typer.Option(None, "--logger", metavar="local|neptune", help="local, or neptune (also logs to Neptune; offline without NEPTUNE_API_TOKEN)."),
-    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN", help="Continue run RUN from its latest checkpoint (same id, its own config)."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN", help="Continue run RUN from its latest checkpoint (same id, its own config); a run on a box resumes on its box."),
     detach: bool = typer.Option(False, "--detach", help="Start the run and return; watch it with `puffctl runs tail RUN -f`."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="No table: print only the run id, warnings and the final line."),
     against: Optional[str] = typer.Option(None, "--against", metavar="RUN", help="Show a reference run's metric at the same step, with the difference: a pinned name (`puffctl runs pin`), run id or run dir. Default: the profile's `reference:`."),
@@ -47,20 +47,20 @@ def train(
     from puffctl.events import RunState
 
     root = runs.runs_root(runs_dir)
-    if box is None and (gpu is not None or container != "dev" or stop_on_interrupt):
+    box_flags = gpu is not None or container != "dev" or stop_on_interrupt
+    if box is None and resume is None and box_flags:
         raise PuffctlError("--gpu, --container and --stop-on-interrupt go with --box BOX")
-    if box is not None and resume is not None:
-        raise PuffctlError("--resume of a run on a box is not supported yet; start a new run with --box")
     if nproc is not None and nproc < 1:
         raise PuffctlError(f"--nproc {nproc} must be >= 1")
-    gpus = None
-    if box is not None:
+    gpus = head = None
+    if box is not None and resume is None:
         from puffctl import remote
 
         gpus = remote.parse_gpus(gpu)
         if nproc is not None and gpus is not None and nproc > len(gpus.split(",")):
             raise PuffctlError(f"--nproc {nproc} needs a GPU per rank: --gpu {gpus} lists {len(gpus.split(','))}")
         remote.check_box(box, gpus)
+        head = remote.head_start(box)
     if logger is not None and logger not in LOGGERS:
         raise PuffctlError(f"--logger {logger!r}: expected one of {', '.join(LOGGERS)}")
     if resume is not None:
@@ -70,7 +70,18 @@ def train(
         run = runs.get_run(root, resume)
         if profile is not None and run.profile and profile != run.profile:
             raise PuffctlError(f"run {resume!r} was trained from profile {run.profile!r}, not {profile!r}")
-        launch.check_resumable(run)
+        if isinstance(run.launch.get("remote"), dict):
+            from puffctl import remote
+
+            where = remote.Remote.of(run.launch)
+            gpus = remote.check_resume(run, where, box, container, gpu)
+            box, container = where.box, where.container
+            head = remote.head_start(box)
+        elif box is not None or box_flags:
+            raise PuffctlError(f"run {resume!r} ran on this machine and resumes here: drop --box, --gpu, --container "
+                               f"and --stop-on-interrupt")
+        else:
+            launch.check_resumable(run)
         runs.ensure_writable(root)
         path = run.path
         if nproc is not None:
@@ -94,12 +105,14 @@ def train(
         reference = load_reference(root, against) if against else None
         record = {"profile": loaded.name, "profile_file": str(loaded.path), "sets": list(sets), "env": config["env"]["name"],
                   "against": against}
-        path = launch.prepare(root, name or loaded.name, config, record, exact=name is not None)
+        path = launch.prepare(root, name or loaded.name, config, record, exact=name is not None,
+                              source=head.tree.result()[0] if head is not None else None)  # the tree sent to the box
         state, offset = RunState(run_id=path.name), 0
 
     if box is not None:
         raise typer.Exit(train_on_box(path, box, container, gpus, detach=detach, quiet=no_dashboard,
-                                      stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir))
+                                      stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir, head=head,
+                                      resumed=(state, offset) if resume is not None else None))
     if detach:
         from puffctl.build import ensure_built
 
@@ -178,31 +191,50 @@ def run_attached(path: Path, state, offset: int, *, resume: bool, quiet: bool, r
 
 
 def train_on_box(path: Path, box: str, container: str, gpus: Optional[str], *, detach: bool, quiet: bool,
-                 stop_on_interrupt: bool, runs_dir: Optional[Path]) -> int:
-    """Sync the code to BOX, start the trainer in the dev container there, and follow it like a local run."""
-    from puffctl import archive, boxes, launch, remote
+                 stop_on_interrupt: bool, runs_dir: Optional[Path], head=None, resumed=None) -> int:
+    """Sync the code to BOX, start the trainer in the dev container there, and follow it like a local run.
+
+    `head`: remote.head_start(box), begun before the local checks; `resumed`: (state, offset) of a
+    run on BOX to continue from its latest checkpoint there. The connection that started the run
+    follows it (no second handshake before the table).
+    """
+    from puffctl import boxes, remote
     from puffctl.events import RunState
 
+    head = head or remote.head_start(box)
+    engine = None
     try:
-        with boxes.open_box(box) as engine:
-            source, sync_s = remote.synced_source(engine, container, archive.repo_root(launch.code_root()))
-            where = remote.start(engine, path, container, gpus, source)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
+        engine = boxes.connect_box(box, head.mux)
+        dev = remote.running_container(engine, container)
+        source, sync_s = remote.synced_source(engine, container, head.repo, container=dev, tree=head.tree.result())
+        where = remote.start(engine, path, container, gpus, source, resume=resumed is not None,
+                             need_checkpoint=resumed is not None, container=dev)
+    except BaseException as error:
+        if engine is not None:
+            engine.close()
+        if resumed is None:
+            shutil.rmtree(path, ignore_errors=True)
+        elif isinstance(error, PuffctlError):
+            raise PuffctlError(f"cannot resume {path.name}: {error}", exit_code=error.exit_code) from None
         raise
     synced = "code already synced" if sync_s is None else f"code synced in {sync_s:.1f} s"
-    console.print(f"started [bold]{path.name}[/] on {box}/{container}"
+    console.print(f"{'resumed' if resumed else 'started'} [bold]{path.name}[/] on {box}/{container}"
                   f"{f' (GPU {gpus})' if gpus else ''}: {synced}", highlight=False)
     if detach:
+        engine.close()
         console.print(f"watch: puffctl runs attach {path.name}{runs_flag(runs_dir)}", markup=False, highlight=False)
         return 0
-    return watch_remote(path, where, RunState(run_id=path.name), 0, quiet=quiet,
-                        stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir)
+    state, offset = resumed or (RunState(run_id=path.name), 0)
+    return watch_remote(path, where, state, offset, quiet=quiet, stop_on_interrupt=stop_on_interrupt, runs_dir=runs_dir,
+                        engine=engine)
 
 
 def watch_remote(path: Path, where, state, offset: int, *, quiet: bool, stop_on_interrupt: bool,
-                 runs_dir: Optional[Path]) -> int:
-    """Show a remote run's events as they arrive, then copy it back; Ctrl-C detaches (or stops it, if asked)."""
+                 runs_dir: Optional[Path], engine=None) -> int:
+    """Show a remote run's events as they arrive, then copy it back; Ctrl-C detaches (or stops it, if asked).
+
+    `engine`: an open connection to the run's box, to follow with first (closed when done with).
+    """
     from puffctl import boxes, remote
     from puffctl.dashboard import Dashboard, event_line, fit_width, human_duration
     from puffctl.events import Tail
@@ -238,7 +270,8 @@ def watch_remote(path: Path, where, state, offset: int, *, quiet: bool, stop_on_
             board.start(state)
         while True:
             try:
-                returncode = remote.follow(path, where, show, on_reconnect=reconnecting)
+                handed, engine = engine, None  # follow() closes it
+                returncode = remote.follow(path, where, show, on_reconnect=reconnecting, engine=handed)
                 break
             except KeyboardInterrupt:
                 if not stop_on_interrupt or stopping:

@@ -70,6 +70,11 @@ def puffctl(env, *args: str, **options) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **options)
 
 
+def cli_line(env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "puffctl", *args], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
 TRAIN = ("train", "baseline", "--box", "lab", "--steps", "150000", "--set", "logger.progress_interval=0.2",
          "--no-dashboard")
 
@@ -89,8 +94,7 @@ def test_train_on_box_survives_a_dropped_connection_and_attach_copies_it_back(ss
     trainer.wait()
     assert "started far on lab/dev" in trainer.stdout.read()
 
-    listed = subprocess.run([sys.executable, "-m", "puffctl", "runs", "list"], env=env, cwd=REPO,
-                            capture_output=True, text=True)
+    listed = cli_line(env, "runs", "list")
     assert "far" in listed.stdout and "lab" in listed.stdout and "running" in listed.stdout, listed.stdout
 
     attached = puffctl(env, "runs", "attach", "far", "--no-dashboard")
@@ -109,33 +113,65 @@ def test_train_on_box_survives_a_dropped_connection_and_attach_copies_it_back(ss
     assert (root / "far" / "status.json").is_file() and (root / "far" / "stdout.log").is_file()
     source = json.loads((root / "far" / "source.json").read_text())
     assert run.state.git["commit"] == source["commit"]  # the synced tree's provenance, recorded by the trainer
+    done = cli_line(env, "train", "--resume", "far")
+    assert done.returncode == 2 and "run 'far' already completed; nothing to resume" in done.stderr, done.stderr
 
 
-@pytest.mark.deadline(300)
-def test_runs_stop_checkpoints_a_remote_run(ssh_box):
+@pytest.mark.deadline(400)
+def test_runs_stop_checkpoints_a_remote_run_and_resume_continues_it_on_its_box(ssh_box, docker_client):
     env, root = ssh_box
-    trainer = puffctl(env, *TRAIN, "--name", "halt", "--detach")
+    # long enough that the resumed trainer still runs when the second resume asks (stopped again below)
+    trainer = puffctl(env, *TRAIN, "--steps", "600000", "--name", "halt", "--detach")
     output, _ = trainer.communicate(timeout=100)
     assert trainer.returncode == 0 and "started halt on lab/dev" in output, output
     events = root / "halt" / "events.jsonl"
     attached = puffctl(env, "runs", "attach", "halt", "--no-dashboard")
     wait_for(lambda: events.exists() and '"type":"progress"' in events.read_text(), 90, "progress events")
-    stopped = subprocess.run([sys.executable, "-m", "puffctl", "runs", "stop", "halt"], env=env, cwd=REPO,
-                             capture_output=True, text=True)
+    stopped = cli_line(env, "runs", "stop", "halt")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     output, _ = attached.communicate(timeout=60)
     assert attached.returncode == 130 and "interrupted" in output, output
     run = runs.get_run(root, "halt")
     assert run.status == "interrupted" and run.checkpoint_files()
+    stopped_at = [json.loads(line) for line in events.read_text().splitlines()][-1]["epoch"]
+
+    resumed = cli_line(env, "train", "--resume", "halt", "--detach")
+    assert resumed.returncode == 0 and "resumed halt on lab/dev" in resumed.stdout, resumed.stdout + resumed.stderr
+    again = cli_line(env, "train", "--resume", "halt", "--detach")  # its trainer holds the run's lock on the box
+    assert again.returncode == 2 and "cannot resume halt: box lab: run halt is in use by" in again.stderr, again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    attached = puffctl(env, "runs", "attach", "halt", "--no-dashboard")
+    wait_for(lambda: '"type":"progress"' in events.read_text().partition('"resumed":true')[2], 90,
+             "progress after the resume")
+    assert cli_line(env, "runs", "stop", "halt").returncode == 0
+    output, _ = attached.communicate(timeout=60)
+    assert attached.returncode == 130 and "copied back" in output, output
+
+    local = events.read_bytes()
+    assert local == remote_file(docker_client, "halt", "events.jsonl")
+    lines = [json.loads(line) for line in local.decode().splitlines()]
+    starts = [e for e in lines if e["type"] == "start"]
+    assert [e["resumed"] for e in starts] == [False, True] and starts[1]["epoch"] == stopped_at
+    after = [e["epoch"] for e in lines[lines.index(starts[1]):] if e["type"] == "progress"]
+    assert after and after[0] > stopped_at and after == sorted(set(after))  # continues from the checkpoint
+    assert runs.read_json(root / "halt" / runs.LAUNCH_FILE)["resumes"] == 1
+
+    boxes.set_box("lab", host=f"ssh://127.0.0.1:{closed_port()}")
+    away = cli_line(env, "train", "--resume", "halt")
+    assert away.returncode == 1 and away.stderr.startswith("error: cannot resume halt: box lab: unreachable"), away.stderr
+    assert len(away.stderr.strip().splitlines()) == 1
 
 
-def test_a_run_whose_box_is_unreachable_lists_as_unreachable(config_dir, tmp_path, monkeypatch):
+def closed_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: connections are refused
-    boxes.add_box("gone", f"ssh://127.0.0.1:{port}")
+        return s.getsockname()[1]  # closed again: connections are refused
+
+
+def test_a_run_whose_box_is_unreachable_lists_as_unreachable(config_dir, tmp_path, monkeypatch):
+    boxes.add_box("gone", f"ssh://127.0.0.1:{closed_port()}")
     path = tmp_path / "runs" / "away"
     path.mkdir(parents=True)
     runs.write_json(path / runs.LAUNCH_FILE, {"profile": "baseline", "remote": {

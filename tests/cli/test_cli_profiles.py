@@ -120,3 +120,11 @@ def test_cli_profile_validate(lab, tmp_path):
                                 capture_output=True, text=True, env={**os.environ, "COLUMNS": "500"})
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_gymnasium_id_is_accepted_without_importing_gymnasium():
+    # gymnasium's import is a second of every `train` start; its registration file says enough
+    code = ("import sys; from puffctl import profiles; profiles.check_env('gym:CartPole-v1'); "
+            "assert 'gymnasium' not in sys.modules and 'trainer.envs' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert profiles.registered_by_gymnasium("CartPole-v1") and not profiles.registered_by_gymnasium("CartPole-v9")

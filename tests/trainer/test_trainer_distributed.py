@@ -115,10 +115,10 @@ def test_the_box_command_starts_torchrun_and_needs_a_gpu_per_rank(tmp_path):
     from puffctl import launch, remote
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"train": {"world_size": 4}}))
-    assert remote.trainer_command(tmp_path, resume=True) == \
-        "python -m trainer.distributed --nproc 4 --config config.yaml --run-dir . --resume"
+    assert remote.trainer_args(tmp_path) == ["-m", "trainer.distributed", "--nproc", "4", "--config", "config.yaml",
+                                             "--run-dir", "."]
     launch.set_world_size(tmp_path, 1)
-    assert remote.trainer_command(tmp_path, resume=False) == "python -m trainer --config config.yaml --run-dir ."
+    assert remote.trainer_args(tmp_path) == ["-m", "trainer", "--config", "config.yaml", "--run-dir", "."]
     done = subprocess.run([sys.executable, "-m", "puffctl", "train", "baseline", "--box", "b", "--gpu", "0,1",
                            "--nproc", "4", "--runs-dir", str(tmp_path)], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=60)
