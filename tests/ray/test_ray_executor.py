@@ -123,12 +123,13 @@ def test_ray_job_killed_is_retried_and_a_killed_orchestrator_resumes_by_re_adopt
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.2)
 
-    def progressing(cell_id: str) -> bool:
+    def progressing(cell_id: str, kind: str = "progress") -> bool:
         path = root / "life" / "runs" / cell_id / "events.jsonl"
-        return path.exists() and any(event["type"] == "progress" for event in read_events(path))
+        return path.exists() and any(event["type"] == kind for event in read_events(path))
 
     wait_for(lambda: len(cells()) == 2 and all(progressing(c) for c in cells()), "both cells' progress in the local events")
     victim, other = sorted(cells())
+    wait_for(lambda: progressing(victim, "checkpoint"), "a checkpoint of the cell to kill (its retry resumes from it)")
     status = runs.read_json(tmp_path / "storage" / "life" / victim / "status.json")
     os.kill(status["pid"], signal.SIGKILL)
     wait_for(lambda: cells()[victim]["starts"] == 2 and cells()[victim]["status"] == "running", "the killed cell's retry")
