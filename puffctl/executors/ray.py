@@ -104,7 +104,7 @@ class RayExecutor(Executor):
         self._source: dict | None = None
         self._asked: dict[str, tuple[float, Exit | None]] = {}
         self._pending: dict[str, float] = {}
-        self._mirrored: dict[str, float] = {}
+        self._mirrored: dict[str, tuple[float, int]] = {}
 
     def _cluster_resources(self) -> dict[str, float]:
         """The cluster's total resources (CPU, GPU) from the dashboard; {} if it does not say."""
@@ -238,6 +238,7 @@ class RayExecutor(Executor):
     def _event_bytes(self, handle: Handle) -> tuple[bytes, str]:
         """The job's event lines (complete ones, of this cell) as bytes, and the rest of its log."""
         text = self._call(lambda: self.client.get_job_logs(handle["job"]))
+        self._mirrored[handle["job"]] = (time.monotonic(), len(text))
         run_id = Path(handle["run_dir"]).name
         events, other = [], []
         for line in text.splitlines(keepends=True):
@@ -249,10 +250,11 @@ class RayExecutor(Executor):
         return "".join(events).encode(), "".join(other)
 
     def read_events(self, handle: Handle, offset: int, *, final: bool = False) -> tuple[list[dict], int]:
-        """Append the job's event lines the local events.jsonl lacks (at most every POLL_EVERY s), then read it."""
+        """Append the job's event lines the local events.jsonl lacks, then read it. The Jobs API
+        returns the whole log, so a long one is fetched less often (POLL_EVERY plus 1 s per MB)."""
         local = Path(handle["run_dir"]) / "events.jsonl"
-        if final or time.monotonic() - self._mirrored.get(handle["job"], 0.0) >= POLL_EVERY:
-            self._mirrored[handle["job"]] = time.monotonic()
+        fetched, size = self._mirrored.get(handle["job"], (0.0, 0))
+        if final or time.monotonic() - fetched >= POLL_EVERY + size / 1e6:
             try:
                 data, _ = self._event_bytes(handle)
             except (PuffctlError, RuntimeError):
