@@ -79,7 +79,8 @@ def _client(url: str):
         raise PuffctlError("ray is not installed: pip install 'puffctl[ray]'") from None
     import logging
 
-    logging.getLogger("ray").setLevel(logging.WARNING)  # its upload notes would break the live table
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):  # their upload notes would break the live table
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return JobSubmissionClient(url)
     except (ConnectionError, RuntimeError, ValueError) as error:
@@ -255,6 +256,7 @@ class RayExecutor(Executor):
         local = Path(handle["run_dir"]) / "events.jsonl"
         fetched, size = self._mirrored.get(handle["job"], (0.0, 0))
         if final or time.monotonic() - fetched >= POLL_EVERY + size / 1e6:
+            self._mirrored[handle["job"]] = (time.monotonic(), size)  # an unreachable head is asked no faster
             try:
                 data, _ = self._event_bytes(handle)
             except (PuffctlError, RuntimeError):
