@@ -30,6 +30,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from puffctl import runs
 from puffctl.errors import PuffctlError
 from puffctl.events import parse_line, read_from
@@ -172,8 +174,6 @@ class RayExecutor(Executor):
             return {**handle, "job": found}
         working = self._working_dir()
         config_text = (job.run_dir / "config.yaml").read_text(encoding="utf-8")
-        import yaml
-
         cpus, gpus = self._wants(yaml.safe_load(config_text) or {})
         submission = f"puffctl-{batch}-{job.cell_id}-{uuid.uuid4().hex[:8]}"
         env = {"PUFFCTL_CONFIG": config_text, "PUFFCTL_SOURCE": json.dumps(self._source, indent=2) + "\n",
