@@ -9,9 +9,13 @@ report:   R synthetic finished runs (P progress events each, full-size events) i
   `ablate report` without the PNG, in-process and as a CLI process, and the PNG apart.
   Target: < 3 s.
 advantage: runs bench/ablations/advantage.yaml (or --spec) and prints its report.
+ray:      the same N tiny cells as a batch on the local executor (S slots) and on a Ray head
+  with S CPUs (started here by tests/tooling/ray_head.py, or --ray-where ray://HOST:PORT),
+  side by side: the Ray batch's wall time over the local one. Target: <= 1.3x.
 
-    python bench/ablate.py [--only overhead,status,report,advantage] [--cells 16] [--slots 2]
+    python bench/ablate.py [--only overhead,status,report,advantage,ray] [--cells 16] [--slots 2]
                            [--steps 4096] [--status-cells 1000] [--report-runs 100] [--out FILE]
+                           [--ray-where ray://HOST:PORT]
 
 Prints a table and writes JSON (bench/results/ablate.json unless --out). Timings depend on
 the machine's load: note it (the table prints the load average).
@@ -77,6 +81,34 @@ def overhead(cells: int, slots: int, steps: int) -> dict:
     ideal = sum(executor.walls) / slots
     return {"cells": cells, "slots": slots, "steps": steps, "completed": counts["completed"], "batch_wall_s": wall,
             "cell_wall_sum_s": sum(executor.walls), "ideal_s": ideal, "ratio": wall / ideal, "target": 1.10}
+
+
+def ray_side_by_side(cells: int, slots: int, steps: int, where: str | None) -> dict:
+    """The same batch on the local executor and on a Ray head (a local one unless `where`): wall times."""
+    from puffctl.executors import ray
+
+    sys.path.insert(0, str(ROOT / "tests" / "tooling"))
+    from ray_head import RayHead
+
+    walls = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = write_spec(Path(tmp), "side", cells, steps)
+        batch = engine.create(Path(tmp) / "local", engine.plan(spec))
+        began = time.perf_counter()
+        local = engine.Engine(batch, LocalExecutor(slots)).run()
+        walls["local"] = time.perf_counter() - began
+        head = None if where else RayHead(cpus=slots).start()
+        try:
+            began = time.perf_counter()
+            executor = ray.executor(where or head.where, str(Path(tmp) / "storage"), slots=slots, on_line=lambda _: None)
+            counts = engine.Engine(engine.create(Path(tmp) / "ray", engine.plan(spec)), executor).run()
+            walls["ray"] = time.perf_counter() - began
+        finally:
+            if head is not None:
+                head.stop()
+    return {"cells": cells, "slots": slots, "steps": steps, "local_s": walls["local"], "ray_s": walls["ray"],
+            "completed": {"local": local["completed"], "ray": counts["completed"]}, "ratio": walls["ray"] / walls["local"],
+            "target": 1.3}
 
 
 def synthetic_batch(root: Path, name: str, variants: int, seeds: int) -> state.Batch:
@@ -174,7 +206,7 @@ def advantage(spec: Path, directory: Path | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="overhead,status,report", help="comma list of overhead,status,report,advantage")
+    parser.add_argument("--only", default="overhead,status,report", help="comma list of overhead,status,report,advantage,ray")
     parser.add_argument("--cells", type=int, default=16, help="overhead: tiny cells")
     parser.add_argument("--slots", type=int, default=2, help="overhead: local slots")
     parser.add_argument("--steps", type=int, default=4096, help="overhead: agent steps per cell")
@@ -183,6 +215,7 @@ def main() -> None:
     parser.add_argument("--progress", type=int, default=200, help="report: progress events per synthetic run")
     parser.add_argument("--spec", type=Path, default=ROOT / "bench" / "ablations" / "advantage.yaml")
     parser.add_argument("--advantage-dir", type=Path, default=None, help="advantage: ablations root (reused: resumes)")
+    parser.add_argument("--ray-where", default=None, help="ray: an existing head (ray://HOST:PORT) instead of a local one")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ablate.json")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -206,6 +239,12 @@ def main() -> None:
         table.add_row(f"report: {found['runs']} runs", f"{found['in_process_s']:.2f} s in-process ({found['in_process_cpu_s']:.2f} s CPU), "
                       f"{found['cli_s']:.2f} s CLI; "
                       f"PNG {found['png_s']:.2f} s", "< 3 s", str(found["in_process_s"] < 3.0))
+    if "ray" in only:
+        found = results["ray"] = ray_side_by_side(args.cells, args.slots, args.steps, args.ray_where)
+        table.add_row(f"ray: {args.cells} cells, {args.slots} slots, local vs Ray head",
+                      f"{found['ray_s']:.1f} s vs {found['local_s']:.1f} s local = {found['ratio']:.2f}x "
+                      f"({found['completed']['ray']}/{found['completed']['local']} completed)", "<= 1.3x",
+                      str(found["ratio"] <= 1.3))
     if "advantage" in only:
         results["advantage"] = advantage(args.spec, args.advantage_dir)
     Console().print(table)

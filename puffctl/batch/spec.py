@@ -21,7 +21,7 @@ from puffctl import profiles, runs
 from puffctl.errors import PuffctlError
 
 SPEC_KEYS = ("name", "description", "variants", "grid", "seeds", "env", "steps", "stop_at_steps", "metric", "higher_is_better",
-             "target", "baseline", "retries", "slots", "where", "per_gpu")
+             "target", "baseline", "retries", "slots", "where", "per_gpu", "storage")
 VARIANT_KEYS = ("label", "profile", "set")
 DEFAULT_METRIC = "env.episode_return"
 

@@ -22,7 +22,7 @@ ablate_app = typer.Typer(
 
 DirOption = typer.Option(None, "--dir", metavar="DIR", help="Ablations root (default: $PUFFCTL_ABLATIONS_DIR, else ./ablations).")
 SlotsOption = typer.Option(None, "--slots", min=1, help="Cells at once (default: the spec's slots, else cores / train.cpu_threads).")
-WhereOption = typer.Option(None, "--where", metavar="local|boxes|B1,B2", help="Where cells run (default: the spec's where, else local): boxes = every healthy registered box, one cell per free GPU (per_gpu in the spec for more).")
+WhereOption = typer.Option(None, "--where", metavar="local|boxes|B1,B2|ray://HOST:PORT", help="Where cells run (default: the spec's where, else local): boxes = every healthy registered box, one cell per free GPU (per_gpu in the spec for more); ray://HOST:PORT = jobs on a Ray cluster (its dashboard's address; the spec's storage: holds the runs, docs/scale.md).")
 ReassignOption = typer.Option(None, "--reassign-after", metavar="DURATION", help="With boxes: restart a cell elsewhere once its box has been unreachable this long (e.g. 10m); it stops itself there first.")
 RetryFailed = typer.Option(False, "--retry-failed", help="Also rerun cells whose run failed by divergence (a result otherwise).")
 STATUS_STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "failed": "bold red", "crashed": "red",
@@ -61,7 +61,7 @@ def run(
     if dry_run:
         _print_plan(planned, count)
         return
-    executor = _executor(planned.spec, where, reassign_after, count)
+    executor = _executor(planned.spec, where, reassign_after, count, slots or planned.spec.slots)
     batch = engine.create(state.ablations_root(root), planned)
     console.print(f"batch [bold]{escape(batch.name)}[/]: {len(batch.cells)} cells on {len(executor.slots())} slot(s) in {escape(str(batch.path))}", highlight=False)
     raise typer.Exit(_run_batch(batch, executor, retry_failed))
@@ -82,26 +82,33 @@ def resume(
     batch = state.open_batch(state.ablations_root(root), name)
     engine.resume_check(batch, retry_failed=retry_failed)
     count = slots or batch.spec.slots or engine.default_slots(batch.cells)
-    raise typer.Exit(_run_batch(batch, _executor(batch.spec, where, reassign_after, count), retry_failed))
+    raise typer.Exit(_run_batch(batch, _executor(batch.spec, where, reassign_after, count, slots or batch.spec.slots),
+                                retry_failed))
 
 
-def _executor(spec, where: Optional[str], reassign_after: Optional[str], count: int):
-    """The local executor with `count` slots, or the box executor for `where: boxes` / box names."""
-    from puffctl.executors import boxes
+def _executor(spec, where: Optional[str], reassign_after: Optional[str], count: int, asked: Optional[int]):
+    """The local executor with `count` slots, the box executor for `where: boxes` / box names, or
+    the Ray executor for `where: ray://HOST:PORT` (`asked` slots, else what the cluster holds)."""
+    from puffctl.executors import boxes, ray
 
-    names = boxes.parse_where(where if where is not None else spec.raw.get("where"))
+    place = where if where is not None else spec.raw.get("where")
+    per_gpu = spec.raw.get("per_gpu", 1)
+    if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
+        raise PuffctlError(f"per_gpu={per_gpu!r} must be a whole number >= 1")
+    on_line = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
     seconds = boxes.parse_duration(reassign_after)
+    if ray.parse_where(place) is not None:
+        if seconds is not None:
+            raise PuffctlError("--reassign-after goes with cells on boxes (--where boxes); Ray reschedules its own")
+        return ray.executor(place, spec.raw.get("storage"), slots=asked, per_gpu=per_gpu, on_line=on_line)
+    names = boxes.parse_where(place)
     if names is None:
         if seconds is not None:
             raise PuffctlError("--reassign-after goes with cells on boxes (--where boxes)")
         from puffctl.executors.local import LocalExecutor
 
         return LocalExecutor(count)
-    per_gpu = spec.raw.get("per_gpu", 1)
-    if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
-        raise PuffctlError(f"per_gpu={per_gpu!r} must be a whole number >= 1")
-    return boxes.BoxExecutor(names, per_gpu=per_gpu, cpu_slots=per_gpu, reassign_after=seconds,
-                             on_line=lambda text: console.print(text, markup=False, highlight=False))
+    return boxes.BoxExecutor(names, per_gpu=per_gpu, cpu_slots=per_gpu, reassign_after=seconds, on_line=on_line)
 
 
 def _print_plan(planned, slots: int) -> None:

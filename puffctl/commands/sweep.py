@@ -70,9 +70,9 @@ def _run(sweep, slots: int) -> int:
 
     from puffctl.batch.engine import Engine
     from puffctl.dashboard import fit_width
-    from puffctl.executors.local import LocalExecutor
 
     fit_width(console)
+    executor = _executor(sweep.spec, slots)
     sweep.reconcile()
     told = {record.number for record in sweep.tuner.trials() if record.state in ("completed", "failed")}
 
@@ -94,11 +94,11 @@ def _run(sweep, slots: int) -> int:
                     last[0] = now
                     live.update(trials_table(sweep, engine), refresh=True)
 
-            engine = sweep.engine(LocalExecutor(slots), redraw)
+            engine = sweep.engine(executor, redraw)
             engine.run()
             live.update(trials_table(sweep, engine), refresh=True)
     else:
-        engine = sweep.engine(LocalExecutor(slots), lines)
+        engine = sweep.engine(executor, lines)
         engine.run()
     records = sweep.tuner.trials()
     done = sum(record.state == "completed" for record in records)
@@ -112,6 +112,16 @@ def _run(sweep, slots: int) -> int:
     if engine.stopping:
         return 130
     return 1 if sweep.batch.counts()["crashed"] else 0
+
+
+def _executor(spec, slots: int):
+    """Trials as local processes on `slots` slots, or as jobs on the Ray cluster of `where: ray://...`."""
+    from puffctl.executors import ray
+    from puffctl.executors.local import LocalExecutor
+
+    found = ray.executor(spec.where, spec.run_storage, slots=slots,
+                         on_line=lambda text: console.print(text, markup=False, highlight=False))
+    return found if found is not None else LocalExecutor(slots)
 
 
 def trial_line(sweep, record) -> str:

@@ -24,7 +24,7 @@ COSTS = ("steps", "time")
 DIRECTIONS = ("maximize", "minimize")
 TOP_KEYS = (
     "name", "description", "profile", "set", "search", "metric", "direction",
-    "cost", "method", "trials", "seeds", "retries", "slots", "where", "storage", "seed",
+    "cost", "method", "trials", "seeds", "retries", "slots", "where", "storage", "run_storage", "seed",
 )
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -47,6 +47,7 @@ class SweepSpec:
     slots: int = 1
     where: str = "local"
     storage: str | None = None
+    run_storage: str | None = None
     seed: int = 0
     description: str = ""
     source: str = field(default="", compare=False)
@@ -141,8 +142,11 @@ def from_mapping(data: Any, source: str, default_name: str = "sweep") -> SweepSp
     if storage is not None and (not isinstance(storage, str) or "://" not in storage):
         raise PuffctlError(f"{source}: storage: expected a database URL such as sqlite:///study.db or postgresql://host/db")
     where = data.get("where", "local")
-    if where != "local":
-        raise PuffctlError(f"{source}: where: only local runs trials for now (got {where!r}); box slots come with the box executor")
+    if where != "local" and not (isinstance(where, str) and where.startswith("ray://")):
+        raise PuffctlError(f"{source}: where: local or ray://HOST:PORT (a Ray cluster), got {where!r}")
+    run_storage = data.get("run_storage")
+    if (run_storage is None) != (where == "local"):
+        raise PuffctlError(f"{source}: run_storage: a directory every Ray node can reach goes with where: ray://..., and only with it")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PuffctlError(f"{source}: seed: expected an integer, got {seed!r}")
@@ -161,6 +165,7 @@ def from_mapping(data: Any, source: str, default_name: str = "sweep") -> SweepSp
         slots=_count(data, "slots", 1, source),
         where=where,
         storage=storage,
+        run_storage=run_storage,
         seed=seed,
         description=str(data.get("description") or ""),
         source=source,
