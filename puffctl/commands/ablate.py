@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from puffctl.errors import PuffctlError
 
 console = Console()
 ablate_app = typer.Typer(
@@ -87,28 +86,12 @@ def resume(
 
 
 def _executor(spec, where: Optional[str], reassign_after: Optional[str], count: int, asked: Optional[int]):
-    """The local executor with `count` slots, the box executor for `where: boxes` / box names, or
-    the Ray executor for `where: ray://HOST:PORT` (`asked` slots, else what the cluster holds)."""
-    from puffctl.executors import boxes, ray
+    """Where the batch's cells run: `--where`, else the spec's `where` (puffctl.executors.choose)."""
+    from puffctl.executors import choose
 
-    place = where if where is not None else spec.raw.get("where")
-    per_gpu = spec.raw.get("per_gpu", 1)
-    if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
-        raise PuffctlError(f"per_gpu={per_gpu!r} must be a whole number >= 1")
-    on_line = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
-    seconds = boxes.parse_duration(reassign_after)
-    if ray.parse_where(place) is not None:
-        if seconds is not None:
-            raise PuffctlError("--reassign-after goes with cells on boxes (--where boxes); Ray reschedules its own")
-        return ray.executor(place, spec.raw.get("storage"), slots=asked, per_gpu=per_gpu, on_line=on_line)
-    names = boxes.parse_where(place)
-    if names is None:
-        if seconds is not None:
-            raise PuffctlError("--reassign-after goes with cells on boxes (--where boxes)")
-        from puffctl.executors.local import LocalExecutor
-
-        return LocalExecutor(count)
-    return boxes.BoxExecutor(names, per_gpu=per_gpu, cpu_slots=per_gpu, reassign_after=seconds, on_line=on_line)
+    return choose(where if where is not None else spec.raw.get("where"), local_slots=count, slots=asked,
+                  storage=spec.raw.get("storage"), per_gpu=spec.raw.get("per_gpu", 1), reassign_after=reassign_after,
+                  on_line=lambda text: console.print(text, markup=False, highlight=False))
 
 
 def _print_plan(planned, slots: int) -> None:

@@ -116,12 +116,10 @@ def _run(sweep, slots: int) -> int:
 
 def _executor(spec, slots: int):
     """Trials as local processes on `slots` slots, or as jobs on the Ray cluster of `where: ray://...`."""
-    from puffctl.executors import ray
-    from puffctl.executors.local import LocalExecutor
+    from puffctl.executors import choose
 
-    found = ray.executor(spec.where, spec.run_storage, slots=slots,
-                         on_line=lambda text: console.print(text, markup=False, highlight=False))
-    return found if found is not None else LocalExecutor(slots)
+    return choose(spec.where, local_slots=slots, slots=slots, storage=spec.run_storage,
+                  on_line=lambda text: console.print(text, markup=False, highlight=False))
 
 
 def trial_line(sweep, record) -> str:
