@@ -25,7 +25,10 @@ from pathlib import Path
 #: 15 s wait for its agents' ports is fixed: the head starts ahead of other work instead, `_ahead`).
 PATIENT = {"RAY_agent_register_timeout_ms": "180000", "RAY_raylet_start_wait_time_s": "180",
            "RAY_worker_register_timeout_seconds": "180", "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0",
+           # Ray replaces --node-ip-address 127.0.0.1 by the machine's outward address (for clusters);
+           # with this off every process of the head binds and dials loopback only.
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 #: Ray's agents import jsonschema, which imports the optional `rfc3987_syntax` (it builds a grammar
 #: at import: seconds of CPU, enough for a loaded machine to miss the raylet's 15 s). Ray's
@@ -70,7 +73,7 @@ class RayHead:
         (self.temp / "shim" / "sitecustomize.py").write_text(SHIM)
         path = os.pathsep.join(p for p in (str(self.temp / "shim"), os.environ.get("PYTHONPATH")) if p)
         self.env = {**os.environ, **PATIENT, "PYTHONPATH": path}
-        self.dashboard_port = free_port()
+        self.dashboard_port, self.gcs_port = free_port(), 0
         self.url = f"http://127.0.0.1:{self.dashboard_port}"
         self.where = f"ray://127.0.0.1:{self.dashboard_port}"
 
@@ -87,7 +90,8 @@ class RayHead:
         return self
 
     def _start_once(self) -> RayHead:
-        ports = {"--port": free_port(), "--dashboard-port": self.dashboard_port, "--ray-client-server-port": free_port(),
+        self.gcs_port = free_port()
+        ports = {"--port": self.gcs_port, "--dashboard-port": self.dashboard_port, "--ray-client-server-port": free_port(),
                  "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
                  "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port()}
         ray = Path(sys.executable).with_name("ray")
@@ -127,13 +131,15 @@ class RayHead:
                 time.sleep(0.5)
 
     def processes(self) -> list:
-        """This head's processes: those naming its temp dir, and all their descendants."""
+        """This head's processes: those naming its temp dir or its GCS address (the client server
+        `ray start` leaves behind names only that), and all their descendants."""
         import psutil
 
+        marks = [str(self.temp)] + ([f"127.0.0.1:{self.gcs_port}"] if self.gcs_port else [])
         found: dict[int, psutil.Process] = {}
         for process in psutil.process_iter(["cmdline"]):
             try:
-                if any(str(self.temp) in part for part in process.info["cmdline"] or []):
+                if any(mark in part for part in process.info["cmdline"] or [] for mark in marks):
                     found[process.pid] = process
                     found.update({child.pid: child for child in process.children(recursive=True)})
             except (psutil.NoSuchProcess, psutil.AccessDenied):
