@@ -53,6 +53,10 @@ def bench_kills(directory: Path, kills: int, epochs: int, rng: random.Random, co
     run_index, started = 0, time.monotonic()
     run_dir = directory / f"run{run_index}"
     while totals["kills"] < kills:
+        if completed(run_dir):  # the last kill landed after its end event: the run is whole, check it
+            add_checked(totals, faults.check_stream(faults.read_events(run_dir), reference, epochs))
+            run_index += 1
+            run_dir = directory / f"run{run_index}"
         kill = faults.kill_once(config, run_dir, rng, rng.choice(faults.MOMENTS))
         if kill["resume"]:
             totals["resumes"] += 1
@@ -84,6 +88,12 @@ def bench_kills(directory: Path, kills: int, epochs: int, rng: random.Random, co
         add_checked(totals, faults.check_stream(faults.read_events(run_dir), reference, epochs))
     totals["seconds"] = time.monotonic() - started
     return totals
+
+
+def completed(run_dir: Path) -> bool:
+    """The run's stream ends with a completed end event."""
+    ends = [event for event in faults.read_events(run_dir) if event["type"] == "end"] if run_dir.is_dir() else []
+    return bool(ends) and ends[-1].get("status") == "completed"
 
 
 def log_tail(run_dir: Path, lines: int = 30) -> str:

@@ -149,8 +149,8 @@ def adopt(fd: int, run_dir: Path, role: str) -> RunLock:
 
 
 def holder(run_dir: Path) -> dict | None:
-    """Who holds the run directory's lock ({"pid", "host", "role", "since"}, or {} while a new
-    holder is writing it), or None if nobody does."""
+    """Who holds the run directory's lock ({"pid", "host", "role", "since"}; {} if a new holder
+    has not written it within RECORD_WAIT), or None if nobody does."""
     try:
         fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
@@ -158,7 +158,7 @@ def holder(run_dir: Path) -> dict | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        info = _read(fd)
+        info = _recorded_holder(fd)
         os.close(fd)
         return info
     os.close(fd)

@@ -111,6 +111,11 @@ def test_runstore_a_refusal_names_a_holder_that_has_not_yet_written_its_record(t
     try:
         with pytest.raises(runlock.RunLocked, match=rf"in use by launcher pid {os.getpid()} on "):
             runlock.acquire(tmp_path, "trainer")
+        os.ftruncate(fd, 0)
+        later = threading.Timer(0.2, lambda: runlock.RunLock(tmp_path, fd).record("trainer"))
+        later.start()
+        assert runlock.holder(tmp_path)["pid"] == os.getpid(), "a reader (resume's check, runs list) waits too"
+        later.join()
     finally:
         writer.join()
         os.close(fd)
