@@ -39,7 +39,9 @@ from puffctl.executors.base import Executor, Exit, Handle, Job
 
 DEFAULT_PORT = 8265
 #: Seconds between two questions to the head about one job (the engine polls faster).
-POLL_EVERY = 0.5
+POLL_EVERY = 0.25
+#: Seconds between two fetches of a job's log (the whole log: the Jobs API has no offset).
+LOG_EVERY = 0.5
 #: A job still PENDING after this many seconds is stopped and counted as a crash.
 PENDING_LIMIT = 600.0
 #: Seconds Ray waits after the stop signal (SIGINT: the trainer checkpoints) before SIGKILL.
@@ -105,6 +107,7 @@ class RayExecutor(Executor):
         self.count = slots
         self._working: tempfile.TemporaryDirectory | None = None
         self._source: dict | None = None
+        self._package: str | None = None
         self._asked: dict[str, tuple[float, Exit | None]] = {}
         self._pending: dict[str, float] = {}
         self._mirrored: dict[str, tuple[float, int]] = {}
@@ -138,7 +141,9 @@ class RayExecutor(Executor):
     # ---- the code every job runs ----
 
     def _working_dir(self) -> str:
-        """The synced tree, staged once per executor: the files a box sync sends, plus the entry script."""
+        """The synced tree, staged once per executor (the files a box sync sends, plus the entry
+        script) and uploaded once: later jobs name its package URI, so a submit does not hash and
+        zip the tree again (about a second each). Re-uploaded if the head has dropped the package."""
         from puffctl import archive, launch
 
         if self._working is None:
@@ -147,8 +152,15 @@ class RayExecutor(Executor):
             with tarfile.open(fileobj=made.data, mode="r") as tar:
                 tar.extractall(staged.name, filter="data")
             (Path(staged.name) / ENTRY_FILE).write_text(ENTRY)
-            self._working, self._source = staged, info
-        return self._working.name
+            self._working, self._source, self._package = staged, info, None
+        try:
+            if self._package is None or not self._call(lambda: self.client._package_exists(self._package)):
+                runtime_env = {"working_dir": self._working.name}
+                self._call(lambda: self.client._upload_working_dir_if_needed(runtime_env))
+                self._package = runtime_env["working_dir"]
+        except AttributeError:  # a Ray without these client helpers: it uploads per submit
+            return self._working.name
+        return self._package
 
     # ---- the protocol ----
 
@@ -252,10 +264,10 @@ class RayExecutor(Executor):
 
     def read_events(self, handle: Handle, offset: int, *, final: bool = False) -> tuple[list[dict], int]:
         """Append the job's event lines the local events.jsonl lacks, then read it. The Jobs API
-        returns the whole log, so a long one is fetched less often (POLL_EVERY plus 1 s per MB)."""
+        returns the whole log, so a long one is fetched less often (LOG_EVERY plus 1 s per MB)."""
         local = Path(handle["run_dir"]) / "events.jsonl"
         fetched, size = self._mirrored.get(handle["job"], (0.0, 0))
-        if final or time.monotonic() - fetched >= POLL_EVERY + size / 1e6:
+        if final or time.monotonic() - fetched >= LOG_EVERY + size / 1e6:
             self._mirrored[handle["job"]] = (time.monotonic(), size)  # an unreachable head is asked no faster
             try:
                 data, _ = self._event_bytes(handle)
