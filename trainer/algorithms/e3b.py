@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from trainer import extension
 from trainer.algorithms.base import Algorithm, Means, Minibatch, Outputs
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ class E3B:
     """Per-env elliptical bonus: `step(phi, first)` gives each env's intrinsic reward for its new observation."""
 
     def __init__(self, num_envs: int, dim: int, *, ridge: float = 0.1, coef: float = 1.0, decay: float | None = None,
-                 norm: bool = True, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 norm: bool = True, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 backend: str = "auto") -> None:
         if ridge <= 0:
             raise ValueError(f"e3b ridge must be > 0, got {ridge}")
         if decay is not None and not 0 < decay <= 1:
@@ -70,26 +72,35 @@ class E3B:
         self.c_inv = self.eye.repeat(num_envs, 1, 1)
         self.stats = RunningStd()
         self.last_raw = torch.zeros(num_envs, device=device, dtype=dtype)
+        # csrc/e3b_*: the whole step in one pass per env; the torch code below is its fallback and reference.
+        self.compiled = extension.use_compiled(torch.device(device), backend, "E3B step")
 
     @torch.no_grad()
     def step(self, phi: Tensor, first: Tensor) -> Tensor:
         """Intrinsic rewards [num_envs] for embeddings `phi` [num_envs, H] of the observations that
         just arrived; `first` [num_envs] bool marks observations that start an episode."""
         phi = phi.detach().to(self.c_inv.dtype)
+        d = 1.0 if self.decay is None else self.decay
+        if self.compiled:
+            bonus = torch.empty_like(self.last_raw)
+            torch.ops.puffctl.e3b_step(self.c_inv, phi, first, self.ridge, d, self.decay is None, bonus)
+        else:
+            bonus = self._torch_step(phi, first, d)
+        self.last_raw = bonus
+        if not self.norm:
+            return self.coef * bonus
+        self.stats.update(bonus[~first])
+        return self.coef * bonus / max(self.stats.std, 1e-8)
+
+    def _torch_step(self, phi: Tensor, first: Tensor, d: float) -> Tensor:
         if self.decay is None:
             self.c_inv[first] = self.eye
         u = torch.bmm(self.c_inv, phi.unsqueeze(-1)).squeeze(-1)
         raw = (phi * u).sum(-1)
         # one in-place pass over [num_envs, H, H]: C_inv <- C_inv / d - u u^T / (d (d + b)), d = decay or 1,
         # which is Sherman-Morrison for (d C + phi phi^T)^-1 given (d C)^-1 = C_inv / d
-        d = 1.0 if self.decay is None else self.decay
         self.c_inv.baddbmm_(u.unsqueeze(-1), (u / (d * (d + raw))[:, None]).unsqueeze(-2), beta=1.0 / d, alpha=-1.0)
-        bonus = raw * ~first
-        self.last_raw = bonus
-        if not self.norm:
-            return self.coef * bonus
-        self.stats.update(bonus[~first])
-        return self.coef * bonus / max(self.stats.std, 1e-8)
+        return raw * ~first
 
     def state_dict(self) -> dict:
         return {"c_inv": self.c_inv.clone(), "stats": self.stats.state_dict()}
