@@ -8,7 +8,13 @@ intervals is `puffctl ablate run bench/ablations/exploration-*.yaml`; this is it
 
     python bench/exploration.py maze [--seeds 1 2] [--steps 1000000]
     python bench/exploration.py snake [--seeds 1] [--steps 500000]
-    python bench/exploration.py sps [--seconds 20]      # E3B's and DIAYN's throughput cost
+    python bench/exploration.py sps [--pairs e3b diayn] [--rounds 5] [--seconds 10]   # throughput cost
+    python bench/exploration.py step [--sizes 256 1024] [--dim 128] [--rounds 5]   # E3B.step alone
+
+`sps` trains each pair's baseline and algorithm side by side in one process, alternating rounds of
+`--seconds` each (so machine load hits both alike), and reports the median over rounds of
+1 - sps_algorithm / sps_baseline. `step` times E3B.step alone, the fused csrc/ op against the
+pure-torch step, also in alternating rounds (medians of ms per step).
 
 Prints a table and writes JSON (bench/results/exploration-<what>.json unless --out).
 """
@@ -38,11 +44,9 @@ ARMS = {
     "snake": ("diayn", "score", {"baseline": ["train.diayn_coef=0"], "diayn 0.01": ["train.diayn_coef=0.01"],
                                  "diayn 0.1": ["train.diayn_coef=0.1"]}),
 }
-SPS_ARMS = {
-    "baseline (maze, hidden 128)": ("e3b", ["train.e3b_coef=0"]),
-    "e3b (maze, hidden 128)": ("e3b", []),
-    "baseline (snake)": ("diayn", ["train.diayn_coef=0"]),
-    "diayn 0.01 (snake)": ("diayn", []),
+SPS_PAIRS = {
+    "e3b": ("maze, hidden 128", "e3b", ["train.e3b_coef=0"], []),
+    "diayn": ("snake", "diayn", ["train.diayn_coef=0"], []),
 }
 
 
@@ -70,42 +74,91 @@ def run_arm(profile: str, sets: list[str], seed: int, steps: int, stat: str, tai
             **{k: v for k, v in losses.items() if k.startswith(("e3b_", "diayn_"))}}
 
 
-def measure_sps(profile: str, sets: list[str], seconds: float) -> float:
-    """Agent steps per second of collection + training after one warm-up epoch."""
-    trainer = trainer_for(profile, sets, 1, None)
-    trainer.evaluate(), trainer.train()
+def epochs_for(trainer: Trainer, seconds: float) -> tuple[int, float]:
+    """Collect + train epochs for about `seconds`: (agent steps, seconds taken)."""
     start, steps = time.perf_counter(), trainer.agent_steps
     while time.perf_counter() - start < seconds:
         trainer.evaluate(), trainer.train()
-    sps = (trainer.agent_steps - steps) / (time.perf_counter() - start)
-    trainer.close()
-    return sps
+    return trainer.agent_steps - steps, time.perf_counter() - start
+
+
+def sps_pair(profile: str, base_sets: list[str], algo_sets: list[str], rounds: int, seconds: float) -> dict:
+    """Baseline and algorithm trainers in alternating rounds after one warm-up epoch each; per-round SPS."""
+    trainers = {"baseline": trainer_for(profile, base_sets, 1, None), "algorithm": trainer_for(profile, algo_sets, 1, None)}
+    for trainer in trainers.values():
+        trainer.evaluate(), trainer.train()
+    sps: dict[str, list[float]] = {name: [] for name in trainers}
+    for round_ in range(rounds):
+        order = list(trainers) if round_ % 2 == 0 else list(reversed(trainers))
+        for name in order:
+            steps, wall = epochs_for(trainers[name], seconds)
+            sps[name].append(steps / wall)
+    for trainer in trainers.values():
+        trainer.close()
+    costs = [1 - a / b for a, b in zip(sps["algorithm"], sps["baseline"])]
+    return {"sps": sps, "costs": costs, "median_cost": statistics.median(costs)}
+
+
+def step_times(envs: int, dim: int, rounds: int, steps: int) -> dict[str, list[float]]:
+    """ms per E3B.step (normalised bonus, resets at ~1/64 of the steps) for the fused op and the torch step."""
+    from trainer.algorithms.e3b import E3B
+
+    gen = torch.Generator().manual_seed(0)
+    phis = torch.tanh(torch.randn(steps, envs, dim, generator=gen))
+    firsts = torch.rand(steps, envs, generator=gen) < 1 / 64
+    bonuses = {backend: E3B(envs, dim, backend=backend) for backend in ("compiled", "torch")}
+    times: dict[str, list[float]] = {backend: [] for backend in bonuses}
+    for round_ in range(rounds):
+        for backend in (bonuses if round_ % 2 == 0 else reversed(bonuses)):
+            start = time.perf_counter()
+            for t in range(steps):
+                bonuses[backend].step(phis[t], firsts[t])
+            times[backend].append(1e3 * (time.perf_counter() - start) / steps)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("maze", "snake", "sps"))
+    parser.add_argument("what", choices=("maze", "snake", "sps", "step"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--steps", type=int, default=1_000_000, help="agent steps per run")
     parser.add_argument("--tail", type=int, default=8, help="epochs at the end whose episodes are scored")
-    parser.add_argument("--seconds", type=float, default=20.0, help="sps: measured time per arm")
+    parser.add_argument("--pairs", nargs="+", choices=tuple(SPS_PAIRS), default=list(SPS_PAIRS),
+                        help="sps: which algorithm-vs-baseline pairs")
+    parser.add_argument("--rounds", type=int, default=5, help="sps, step: alternating rounds per arm")
+    parser.add_argument("--seconds", type=float, default=10.0, help="sps: seconds per arm per round")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="step: numbers of envs")
+    parser.add_argument("--dim", type=int, default=128, help="step: embedding width H")
+    parser.add_argument("--threads", type=int, default=1, help="step: torch threads")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     console = Console(width=140)
     out = args.out or ROOT / "bench" / "results" / f"exploration-{args.what}.json"
-    report: dict = {"what": args.what, "cpu_count": os.cpu_count()}
+    report: dict = {"what": args.what, "cpu_count": os.cpu_count(), "load_average_1m_at_start": os.getloadavg()[0]}
 
     if args.what == "sps":
-        table = Table(title=f"SPS, collection + training ({args.seconds:.0f} s per arm)")
-        for column in ("arm", "SPS", "cost vs its baseline"):
-            table.add_column(column, justify="left" if column == "arm" else "right")
-        rows, base = {}, None
-        for label, (profile, sets) in SPS_ARMS.items():
-            rows[label] = measure_sps(profile, sets, args.seconds)
-            base = rows[label] if label.startswith("baseline") else base
-            cost = "" if label.startswith("baseline") else f"{100 * (1 - rows[label] / base):.0f}%"
-            table.add_row(label, f"{rows[label]:,.0f}", cost)
-        report["sps"] = rows
+        table = Table(title=f"SPS, collection + training ({args.rounds} alternating rounds of {args.seconds:.0f} s per arm)")
+        for column in ("pair", "baseline SPS (median)", "algorithm SPS (median)", "cost, median of rounds", "cost per round"):
+            table.add_column(column, justify="left" if column == "pair" else "right")
+        report["pairs"] = {}
+        for pair in args.pairs:
+            label, profile, base_sets, algo_sets = SPS_PAIRS[pair]
+            result = sps_pair(profile, base_sets, algo_sets, args.rounds, args.seconds)
+            report["pairs"][pair] = result
+            table.add_row(f"{pair} ({label})", f"{statistics.median(result['sps']['baseline']):,.0f}",
+                          f"{statistics.median(result['sps']['algorithm']):,.0f}", f"{100 * result['median_cost']:.1f}%",
+                          " ".join(f"{100 * c:.0f}%" for c in result["costs"]))
+    elif args.what == "step":
+        torch.set_num_threads(args.threads)
+        table = Table(title=f"E3B.step alone, H={args.dim}, {args.threads} thread(s), median of {args.rounds} rounds")
+        for column in ("envs", "fused op, ms/step", "torch, ms/step", "speed-up"):
+            table.add_column(column, justify="right")
+        report["step"] = {}
+        for envs in args.sizes:
+            times = step_times(envs, args.dim, args.rounds, steps=max(10, 5120 // envs))
+            fused, plain = statistics.median(times["compiled"]), statistics.median(times["torch"])
+            report["step"][envs] = times
+            table.add_row(str(envs), f"{fused:.2f}", f"{plain:.2f}", f"{plain / fused:.1f}x")
     else:
         profile, stat, arms = ARMS[args.what]
         table = Table(title=f"{args.what}: mean {stat} over the last {args.tail} epochs at {args.steps:,} steps")

@@ -1,5 +1,5 @@
-// CUDA kernel: one block per env. Thread i computes u[i] as C's column i (coalesced across the
-// warp), the block reduces b = phi . u, then the threads sweep the matrix in order for the update.
+// CUDA kernel: one block per env, a warp per packed row: the matvec (u in shared memory), the
+// block's sum b = phi . u, then the update along the same rows.
 // No torch headers here, so this file compiles with nvcc against any torch build.
 #include "e3b.h"
 
@@ -11,9 +11,15 @@ namespace {
 constexpr int kThreads = 128;
 
 template <class T>
+__device__ T warp_sum(T value) {
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+    return value;
+}
+
+template <class T>
 __device__ T block_sum(T value) {
     __shared__ T warp_sums[kThreads / 32];
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+    value = warp_sum(value);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     if (lane == 0) warp_sums[warp] = value;
     __syncthreads();
@@ -29,27 +35,43 @@ __global__ void e3b_kernel(E3BProblem<T> pb) {
     T* phi = reinterpret_cast<T*>(shared);
     T* u = phi + H;
     const int64_t env = blockIdx.x;
-    T* c = pb.c_inv + env * H * H;
+    T* c = pb.c_inv + env * packed_row(H, H);
     const bool first = pb.first[env];
-    for (int64_t i = threadIdx.x; i < H; i += kThreads) phi[i] = pb.phi[env * H + i];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int64_t i = threadIdx.x; i < H; i += kThreads) {
+        phi[i] = pb.phi[env * H + i];
+        u[i] = T(0);
+    }
     if (first && pb.reset) {
-        for (int64_t k = threadIdx.x; k < H * H; k += kThreads) c[k] = (k / H == k % H) ? pb.inv_ridge : T(0);
+        for (int64_t k = threadIdx.x; k < packed_row(H, H); k += kThreads) c[k] = T(0);
+        __syncthreads();
+        for (int64_t i = threadIdx.x; i < H; i += kThreads) c[packed_row(i, H)] = pb.inv_ridge;
+    }
+    __syncthreads();
+    // A warp per packed row i (coalesced along the row): its dot with phi[i..] goes to u[i], and
+    // C[i, j] phi[i] to u[j] for j > i, the lower triangle's share.
+    for (int64_t i = warp; i < H; i += kThreads / 32) {
+        const T* row = c + packed_row(i, H);
+        const T p = phi[i];
+        T dot = 0;
+        for (int64_t k = lane; k < H - i; k += 32) {
+            dot += row[k] * phi[i + k];
+            if (k > 0) atomicAdd(&u[i + k], row[k] * p);
+        }
+        dot = warp_sum(dot);
+        if (lane == 0) atomicAdd(&u[i], dot);
     }
     __syncthreads();
     T partial = 0;
-    for (int64_t i = threadIdx.x; i < H; i += kThreads) {
-        T acc = 0;
-        for (int64_t j = 0; j < H; ++j) acc += c[j * H + i] * phi[j];
-        u[i] = acc;
-        partial += phi[i] * acc;
-    }
-    const T b = block_sum(partial);  // its __syncthreads also publishes u
+    for (int64_t i = threadIdx.x; i < H; i += kThreads) partial += phi[i] * u[i];
+    const T b = block_sum(partial);
     const T d = pb.decay;
     const T inv_d = T(1) / d;
     const T s = T(1) / (d * (d + b));
-    for (int64_t k = threadIdx.x; k < H * H; k += kThreads) {
-        const int64_t i = k / H;
-        c[k] = c[k] * inv_d - s * (u[i] * u[k - i * H]);
+    for (int64_t i = warp; i < H; i += kThreads / 32) {
+        T* row = c + packed_row(i, H);
+        const T ui = u[i];
+        for (int64_t k = lane; k < H - i; k += 32) row[k] = row[k] * inv_d - s * (ui * u[i + k]);
     }
     if (threadIdx.x == 0) pb.bonus[env] = first ? T(0) : b;
 }

@@ -1,5 +1,5 @@
-// The torch op puffctl::e3b_step: input checks and dispatch to the CPU or CUDA kernel. C_inv and
-// the bonus are updated in place, so they must be contiguous; phi and first may be any layout.
+// The torch op puffctl::e3b_step: input checks and dispatch to the CPU or CUDA kernel. C_inv (packed,
+// e3b.h) and the bonus are updated in place, so they must be contiguous; phi and first may be any layout.
 #include "e3b.h"
 
 #include <ATen/Dispatch.h>
@@ -19,19 +19,18 @@ void check(bool ok, const at::Tensor& t, const char* name, const char* want) {
 
 void e3b_step(const at::Tensor& c_inv, const at::Tensor& phi, const at::Tensor& first, double ridge, double decay,
               bool reset, const at::Tensor& bonus) {
-    check(c_inv.dim() == 3 && c_inv.size(1) == c_inv.size(2) && c_inv.is_contiguous() &&
-              (c_inv.scalar_type() == at::kFloat || c_inv.scalar_type() == at::kDouble),
-          c_inv, "c_inv", "a contiguous float32 or float64 [envs, dim, dim]");
-    const int64_t envs = c_inv.size(0), dim = c_inv.size(1);
-    const auto same = [&](const at::Tensor& t) { return t.device() == c_inv.device(); };
-    check(phi.dim() == 2 && phi.size(0) == envs && phi.size(1) == dim && phi.scalar_type() == c_inv.scalar_type() &&
-              same(phi),
-          phi, "phi", "[envs, dim] of c_inv's dtype and device");
+    check(phi.dim() == 2 && (phi.scalar_type() == at::kFloat || phi.scalar_type() == at::kDouble), phi, "phi",
+          "float32 or float64 [envs, dim]");
+    const int64_t envs = phi.size(0), dim = phi.size(1);
+    const auto same = [&](const at::Tensor& t) { return t.device() == phi.device(); };
+    check(c_inv.dim() == 2 && c_inv.size(0) == envs && c_inv.size(1) == packed_row(dim, dim) &&
+              c_inv.is_contiguous() && c_inv.scalar_type() == phi.scalar_type() && same(c_inv),
+          c_inv, "c_inv", "a contiguous packed upper triangle [envs, dim (dim + 1) / 2] of phi's dtype and device");
     check(first.dim() == 1 && first.size(0) == envs && first.scalar_type() == at::kBool && same(first), first,
-          "first", "bool [envs] on c_inv's device");
+          "first", "bool [envs] on phi's device");
     check(bonus.dim() == 1 && bonus.size(0) == envs && bonus.is_contiguous() &&
-              bonus.scalar_type() == c_inv.scalar_type() && same(bonus),
-          bonus, "bonus", "a contiguous [envs] of c_inv's dtype and device");
+              bonus.scalar_type() == phi.scalar_type() && same(bonus),
+          bonus, "bonus", "a contiguous [envs] of phi's dtype and device");
     TORCH_CHECK_VALUE(ridge > 0 && decay > 0 && decay <= 1, "puffctl.e3b_step: need ridge > 0 and decay in (0, 1]");
     at::assert_no_overlap(c_inv, bonus);
     const at::Tensor phi_c = phi.contiguous(), first_c = first.contiguous();

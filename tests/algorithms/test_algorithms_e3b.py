@@ -93,7 +93,22 @@ def test_the_fused_op_equals_the_torch_step_at_the_profiles_width(decay):
         assert torch.equal(fused.last_raw[f], torch.zeros(int(f.sum())))
     scale = plain.c_inv.abs().amax(dim=(1, 2), keepdim=True)
     torch.testing.assert_close(fused.c_inv / scale, plain.c_inv / scale, rtol=0, atol=1e-5)
-    assert torch.equal(fused.c_inv, fused.c_inv.transpose(1, 2)), "the fused update keeps C_inv exactly symmetric"
+
+
+@pytest.mark.usefixtures("compiled_ops")
+def test_a_checkpoint_moves_between_the_fused_and_the_torch_step():
+    phis, first = random_episode(10, 4, 8, seed=8)
+    fused, plain = E3B(4, 8, backend="compiled"), E3B(4, 8, backend="torch")
+    for t in range(5):
+        fused.step(torch.from_numpy(phis[t]).float(), torch.from_numpy(first[t]))
+    plain.load_state_dict(fused.state_dict())
+    assert torch.equal(plain.c_inv, fused.c_inv)
+    back = E3B(4, 8, backend="compiled")
+    back.load_state_dict(plain.state_dict())
+    assert torch.equal(back.packed, fused.packed)
+    for t in range(5, 10):
+        phi, f = torch.from_numpy(phis[t]).float(), torch.from_numpy(first[t])
+        torch.testing.assert_close(back.step(phi, f), plain.step(phi, f), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.usefixtures("compiled_ops")
@@ -114,14 +129,15 @@ def test_the_fused_op_touches_each_env_only_through_its_own_row():
 
 @pytest.mark.usefixtures("compiled_ops")
 @pytest.mark.parametrize("name,args,message", [
-    ("c_inv", dict(c_inv=torch.zeros(3, 4, 5)), "c_inv must be a contiguous"),
-    ("c_inv", dict(c_inv=torch.zeros(3, 4, 4).transpose(1, 2)), "c_inv must be a contiguous"),
-    ("phi", dict(phi=torch.zeros(3, 4, dtype=torch.float64)), "phi must be"),
+    ("c_inv", dict(c_inv=torch.zeros(3, 16)), "c_inv must be a contiguous packed"),
+    ("c_inv", dict(c_inv=torch.zeros(10, 3).t()), "c_inv must be a contiguous packed"),
+    ("phi", dict(phi=torch.zeros(3, 4, dtype=torch.int32)), "phi must be"),
+    ("c_inv", dict(c_inv=torch.zeros(3, 10, dtype=torch.float64)), "c_inv must be"),
     ("first", dict(first=torch.zeros(3)), "first must be bool"),
     ("bonus", dict(bonus=torch.zeros(2)), "bonus must be"),
 ])
 def test_the_op_names_a_bad_tensor(name, args, message):
-    call = dict(c_inv=torch.zeros(3, 4, 4), phi=torch.zeros(3, 4), first=torch.zeros(3, dtype=torch.bool),
+    call = dict(c_inv=torch.zeros(3, 10), phi=torch.zeros(3, 4), first=torch.zeros(3, dtype=torch.bool),
                 bonus=torch.zeros(3))
     call.update(args)
     with pytest.raises(ValueError, match=message):

@@ -69,21 +69,37 @@ class E3B:
             raise ValueError(f"e3b decay must be in (0, 1], got {decay}")
         self.num_envs, self.dim, self.ridge, self.coef, self.decay, self.norm = num_envs, dim, ridge, coef, decay, norm
         self.eye = torch.eye(dim, device=device, dtype=dtype) / ridge
-        self.c_inv = self.eye.repeat(num_envs, 1, 1)
         self.stats = RunningStd()
         self.last_raw = torch.zeros(num_envs, device=device, dtype=dtype)
-        # csrc/e3b_*: the whole step in one pass per env; the torch code below is its fallback and reference.
+        # csrc/e3b_*: the whole step in one pass per env over the upper triangle of C_inv (`packed`,
+        # [num_envs, H (H + 1) / 2]); the torch code below, on the full matrices, is its fallback and reference.
         self.compiled = extension.use_compiled(torch.device(device), backend, "E3B step")
+        self.triu = tuple(torch.triu_indices(dim, dim, device=device))
+        if self.compiled:
+            self.packed = self.eye[self.triu].repeat(num_envs, 1)
+        else:
+            self.full = self.eye.repeat(num_envs, 1, 1)
+
+    @property
+    def c_inv(self) -> Tensor:
+        """The inverse covariances [num_envs, H, H] (a copy when the fused op keeps them packed)."""
+        if not self.compiled:
+            return self.full
+        full = self.packed.new_empty(self.num_envs, self.dim, self.dim)
+        rows, cols = self.triu
+        full[:, cols, rows] = self.packed
+        full[:, rows, cols] = self.packed
+        return full
 
     @torch.no_grad()
     def step(self, phi: Tensor, first: Tensor) -> Tensor:
         """Intrinsic rewards [num_envs] for embeddings `phi` [num_envs, H] of the observations that
         just arrived; `first` [num_envs] bool marks observations that start an episode."""
-        phi = phi.detach().to(self.c_inv.dtype)
+        phi = phi.detach().to(self.eye.dtype)
         d = 1.0 if self.decay is None else self.decay
         if self.compiled:
             bonus = torch.empty_like(self.last_raw)
-            torch.ops.puffctl.e3b_step(self.c_inv, phi, first, self.ridge, d, self.decay is None, bonus)
+            torch.ops.puffctl.e3b_step(self.packed, phi, first, self.ridge, d, self.decay is None, bonus)
         else:
             bonus = self._torch_step(phi, first, d)
         self.last_raw = bonus
@@ -94,19 +110,22 @@ class E3B:
 
     def _torch_step(self, phi: Tensor, first: Tensor, d: float) -> Tensor:
         if self.decay is None:
-            self.c_inv[first] = self.eye
-        u = torch.bmm(self.c_inv, phi.unsqueeze(-1)).squeeze(-1)
+            self.full[first] = self.eye
+        u = torch.bmm(self.full, phi.unsqueeze(-1)).squeeze(-1)
         raw = (phi * u).sum(-1)
         # one in-place pass over [num_envs, H, H]: C_inv <- C_inv / d - u u^T / (d (d + b)), d = decay or 1,
         # which is Sherman-Morrison for (d C + phi phi^T)^-1 given (d C)^-1 = C_inv / d
-        self.c_inv.baddbmm_(u.unsqueeze(-1), (u / (d * (d + raw))[:, None]).unsqueeze(-2), beta=1.0 / d, alpha=-1.0)
+        self.full.baddbmm_(u.unsqueeze(-1), (u / (d * (d + raw))[:, None]).unsqueeze(-2), beta=1.0 / d, alpha=-1.0)
         return raw * ~first
 
     def state_dict(self) -> dict:
         return {"c_inv": self.c_inv.clone(), "stats": self.stats.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.c_inv.copy_(state["c_inv"])
+        if self.compiled:
+            self.packed.copy_(state["c_inv"][(slice(None), *self.triu)])
+        else:
+            self.full.copy_(state["c_inv"])
         self.stats.load_state_dict(state["stats"])
 
 
