@@ -11,9 +11,10 @@ intervals is `puffctl ablate run bench/ablations/exploration-*.yaml`; this is it
     python bench/exploration.py sps [--pairs e3b diayn] [--rounds 5] [--seconds 10]   # throughput cost
     python bench/exploration.py step [--sizes 256 1024] [--dim 128] [--rounds 5]   # E3B.step alone
 
-`sps` trains each pair's baseline and algorithm side by side in one process, alternating rounds of
-`--seconds` each (so machine load hits both alike), and reports the median over rounds of
-1 - sps_algorithm / sps_baseline. `step` times E3B.step alone, the fused csrc/ op against the
+`sps` trains each pair's baseline and algorithm arms side by side in one process, in rounds of
+`--seconds` per arm whose order rotates (so machine load hits every arm alike), and reports the
+median over rounds of 1 - sps_arm / sps_baseline, by wall clock and by the process's CPU time
+(steadier on a shared machine). The e3b pair has a third arm, E3B.step on its pure-torch fallback. `step` times E3B.step alone, the fused csrc/ op against the
 pure-torch step, also in alternating rounds (medians of ms per step).
 
 Prints a table and writes JSON (bench/results/exploration-<what>.json unless --out).
@@ -44,10 +45,11 @@ ARMS = {
     "snake": ("diayn", "score", {"baseline": ["train.diayn_coef=0"], "diayn 0.01": ["train.diayn_coef=0.01"],
                                  "diayn 0.1": ["train.diayn_coef=0.1"]}),
 }
-SPS_PAIRS = {
-    "e3b": ("maze, hidden 128", "e3b", ["train.e3b_coef=0"], []),
-    "diayn": ("snake", "diayn", ["train.diayn_coef=0"], []),
+SPS_PAIRS = {  # pair -> (env, profile, arms: label -> --set overrides); the first arm is the baseline
+    "e3b": ("maze, hidden 128", "e3b", {"baseline": ["train.e3b_coef=0"], "e3b": [], "e3b, torch step": []}),
+    "diayn": ("snake", "diayn", {"baseline": ["train.diayn_coef=0"], "diayn 0.01": []}),
 }
+TORCH_STEP = "e3b, torch step"  # E3B.step on its pure-torch fallback instead of the fused csrc/ op
 
 
 def trainer_for(profile: str, sets: list[str], seed: int, steps: int | None) -> Trainer:
@@ -74,29 +76,42 @@ def run_arm(profile: str, sets: list[str], seed: int, steps: int, stat: str, tai
             **{k: v for k, v in losses.items() if k.startswith(("e3b_", "diayn_"))}}
 
 
-def epochs_for(trainer: Trainer, seconds: float) -> tuple[int, float]:
-    """Collect + train epochs for about `seconds`: (agent steps, seconds taken)."""
-    start, steps = time.perf_counter(), trainer.agent_steps
+def epochs_for(trainer: Trainer, seconds: float) -> tuple[int, float, float]:
+    """Collect + train epochs for about `seconds`: (agent steps, wall seconds, CPU seconds of this process)."""
+    start, cpu, steps = time.perf_counter(), time.process_time(), trainer.agent_steps
     while time.perf_counter() - start < seconds:
         trainer.evaluate(), trainer.train()
-    return trainer.agent_steps - steps, time.perf_counter() - start
+    return trainer.agent_steps - steps, time.perf_counter() - start, time.process_time() - cpu
 
 
-def sps_pair(profile: str, base_sets: list[str], algo_sets: list[str], rounds: int, seconds: float) -> dict:
-    """Baseline and algorithm trainers in alternating rounds after one warm-up epoch each; per-round SPS."""
-    trainers = {"baseline": trainer_for(profile, base_sets, 1, None), "algorithm": trainer_for(profile, algo_sets, 1, None)}
+def sps_arms(profile: str, arms: dict[str, list[str]], rounds: int, seconds: float) -> dict:
+    """Every arm's trainer, in rounds whose order rotates, after one warm-up epoch each; per-round SPS
+    (wall clock and per CPU second) and each arm's cost against the first arm, round by round."""
+    from trainer.algorithms.e3b import E3B
+
+    trainers = {label: trainer_for(profile, sets, 1, None) for label, sets in arms.items()}
+    if TORCH_STEP in trainers:
+        old = trainers[TORCH_STEP].algorithm.bonus
+        trainers[TORCH_STEP].algorithm.bonus = E3B(old.num_envs, old.dim, ridge=old.ridge, coef=old.coef,
+                                                   decay=old.decay, norm=old.norm, backend="torch")
     for trainer in trainers.values():
         trainer.evaluate(), trainer.train()
-    sps: dict[str, list[float]] = {name: [] for name in trainers}
+    sps: dict[str, list[float]] = {label: [] for label in trainers}
+    cpu_sps: dict[str, list[float]] = {label: [] for label in trainers}
+    labels = list(trainers)
     for round_ in range(rounds):
-        order = list(trainers) if round_ % 2 == 0 else list(reversed(trainers))
-        for name in order:
-            steps, wall = epochs_for(trainers[name], seconds)
-            sps[name].append(steps / wall)
+        for label in labels[round_ % len(labels):] + labels[:round_ % len(labels)]:
+            steps, wall, cpu = epochs_for(trainers[label], seconds)
+            sps[label].append(steps / wall)
+            cpu_sps[label].append(steps / cpu)
     for trainer in trainers.values():
         trainer.close()
-    costs = [1 - a / b for a, b in zip(sps["algorithm"], sps["baseline"])]
-    return {"sps": sps, "costs": costs, "median_cost": statistics.median(costs)}
+    base = labels[0]
+    costs = {label: [1 - a / b for a, b in zip(sps[label], sps[base])] for label in labels[1:]}
+    cpu_costs = {label: [1 - a / b for a, b in zip(cpu_sps[label], cpu_sps[base])] for label in labels[1:]}
+    return {"sps": sps, "sps_per_cpu_second": cpu_sps, "costs": costs, "cpu_costs": cpu_costs,
+            "median_cost": {label: statistics.median(c) for label, c in costs.items()},
+            "median_cpu_cost": {label: statistics.median(c) for label, c in cpu_costs.items()}}
 
 
 def step_times(envs: int, dim: int, rounds: int, steps: int) -> dict[str, list[float]]:
@@ -137,17 +152,20 @@ def main() -> None:
     report: dict = {"what": args.what, "cpu_count": os.cpu_count(), "load_average_1m_at_start": os.getloadavg()[0]}
 
     if args.what == "sps":
-        table = Table(title=f"SPS, collection + training ({args.rounds} alternating rounds of {args.seconds:.0f} s per arm)")
-        for column in ("pair", "baseline SPS (median)", "algorithm SPS (median)", "cost, median of rounds", "cost per round"):
-            table.add_column(column, justify="left" if column == "pair" else "right")
+        table = Table(title=f"SPS, collection + training ({args.rounds} rotating rounds of {args.seconds:.0f} s per arm)")
+        for column in ("arm", "SPS (median)", "cost, median of rounds", "cost per round", "cost by CPU time"):
+            table.add_column(column, justify="left" if column == "arm" else "right")
         report["pairs"] = {}
         for pair in args.pairs:
-            label, profile, base_sets, algo_sets = SPS_PAIRS[pair]
-            result = sps_pair(profile, base_sets, algo_sets, args.rounds, args.seconds)
+            label, profile, arms = SPS_PAIRS[pair]
+            result = sps_arms(profile, arms, args.rounds, args.seconds)
             report["pairs"][pair] = result
-            table.add_row(f"{pair} ({label})", f"{statistics.median(result['sps']['baseline']):,.0f}",
-                          f"{statistics.median(result['sps']['algorithm']):,.0f}", f"{100 * result['median_cost']:.1f}%",
-                          " ".join(f"{100 * c:.0f}%" for c in result["costs"]))
+            for arm in arms:
+                cost = result["costs"].get(arm)
+                table.add_row(f"{arm} ({label})", f"{statistics.median(result['sps'][arm]):,.0f}",
+                              "" if cost is None else f"{100 * result['median_cost'][arm]:.1f}%",
+                              "" if cost is None else " ".join(f"{100 * c:.0f}%" for c in cost),
+                              "" if cost is None else f"{100 * result['median_cpu_cost'][arm]:.1f}%")
     elif args.what == "step":
         torch.set_num_threads(args.threads)
         table = Table(title=f"E3B.step alone, H={args.dim}, {args.threads} thread(s), median of {args.rounds} rounds")

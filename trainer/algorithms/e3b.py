@@ -74,8 +74,8 @@ class E3B:
         # csrc/e3b_*: the whole step in one pass per env over the upper triangle of C_inv (`packed`,
         # [num_envs, H (H + 1) / 2]); the torch code below, on the full matrices, is its fallback and reference.
         self.compiled = extension.use_compiled(torch.device(device), backend, "E3B step")
-        self.triu = tuple(torch.triu_indices(dim, dim, device=device))
         if self.compiled:
+            self.triu = tuple(torch.triu_indices(dim, dim, device=device))
             self.packed = self.eye[self.triu].repeat(num_envs, 1)
         else:
             self.full = self.eye.repeat(num_envs, 1, 1)
