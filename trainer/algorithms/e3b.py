@@ -39,8 +39,9 @@ class RunningStd:
         n = values.numel()
         if not n:
             return
-        values = values.detach().double()
-        mean, m2 = values.mean().item(), ((values - values.mean()) ** 2).sum().item()
+        var, mean = torch.var_mean(values.detach().double(), correction=0)
+        var, mean = torch.stack([var, mean]).tolist()  # one transfer: each step calls this
+        m2 = var * n
         delta, total = mean - self.mean, self.count + n
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.count * n / total
@@ -106,7 +107,7 @@ class E3B:
         if not self.norm:
             return self.coef * bonus
         self.stats.update(bonus[~first])
-        return self.coef * bonus / max(self.stats.std, 1e-8)
+        return bonus * (self.coef / max(self.stats.std, 1e-8))
 
     def _torch_step(self, phi: Tensor, first: Tensor, d: float) -> Tensor:
         if self.decay is None:
