@@ -3,10 +3,13 @@
 //   C_inv <- C_inv / d - u u^T / (d (d + b))     (d = the decay, 1 without one)
 // in one pass over the env's matrix right after the matvec, while it is still in cache.
 //
-// C_inv is symmetric, so each env keeps only its upper triangle, row after row (torch.triu_indices
-// order): row i holds C[i, i..H-1] and starts at packed_row(i, H). That halves the memory the step
-// streams through, which is what bounds it on a CPU (64 KB per env at H = 128 in float32 -> 33 KB).
-// The update writes s * (u_i u_j) at (i, j), the one number both triangles would get.
+// C_inv is symmetric, so each env keeps only the tiles on and above the diagonal: the matrix,
+// padded with zeros to a multiple of kTile, is cut into kTile x kTile tiles (I, J), I <= J, stored
+// row of tiles after row of tiles (tile_index), each tile row-major; diagonal tiles are whole.
+// That about halves the memory the step streams through (what bounds it on a CPU: 64 KB per env
+// at H = 128 in float32 -> 34 KB), and every inner loop is one fixed-length tile row: no remainders.
+// The padding stays exactly zero (zero rows, zero columns, zero phi). The update writes
+// s * (u_i u_j) at (i, j), the one number both triangles would get.
 //
 // This header has no torch dependency so nvcc can compile the CUDA kernel against any torch.
 #pragma once
@@ -21,16 +24,24 @@ namespace puff {
 #define PUFF_E3B_HD inline
 #endif
 
-// Where row i of a packed upper triangle of a dim x dim matrix starts.
-PUFF_E3B_HD int64_t packed_row(int64_t i, int64_t dim) { return i * dim - i * (i - 1) / 2; }
+constexpr int64_t kTile = 8;
 
-// One call's tensors as raw pointers, all contiguous: c_inv [envs, dim (dim + 1) / 2] (packed), phi [envs, dim],
+// Tiles per side of a dim x dim matrix, and where tile (I, J), I <= J, starts among an env's tiles.
+PUFF_E3B_HD int64_t tiles_per_side(int64_t dim) { return (dim + kTile - 1) / kTile; }
+PUFF_E3B_HD int64_t tile_index(int64_t I, int64_t J, int64_t n) { return I * n - I * (I - 1) / 2 + (J - I); }
+// Floats (or doubles) per env: every stored tile.
+PUFF_E3B_HD int64_t packed_size(int64_t dim) {
+    const int64_t n = tiles_per_side(dim);
+    return n * (n + 1) / 2 * kTile * kTile;
+}
+
+// One call's tensors as raw pointers, all contiguous: c_inv [envs, packed_size(dim)] (tiled), phi [envs, dim],
 // first [envs] (bool), bonus [envs] (out). T is float or double.
 template <class T>
 struct E3BProblem {
     int64_t envs;
     int64_t dim;
-    T* c_inv;     // packed upper triangles
+    T* c_inv;     // tiled upper triangles
     const T* phi;
     const bool* first;
     T* bonus;     // b, or 0 where `first`: an episode's first observation earns nothing

@@ -1,6 +1,6 @@
-// CPU kernel: envs in parallel (at::parallel_for); per env, the matvec pulls the packed triangle
-// into cache (33 KB at H = 128 in float32, inside L2) and the update pass rewrites it there.
-// Every inner loop runs along a contiguous packed row, so the compiler vectorises it.
+// CPU kernel: envs in parallel (at::parallel_for); per env, the matvec pulls the env's tiles into
+// cache (34 KB at H = 128 in float32, inside L2) and the update pass rewrites them there. Every
+// inner loop is one kTile-wide tile row, which the compiler turns into whole vectors.
 #include "e3b.h"
 
 #include <ATen/Parallel.h>
@@ -11,48 +11,60 @@ namespace puff {
 namespace {
 
 template <class T>
-void step_env(const E3BProblem<T>& pb, int64_t env, T* __restrict__ u) {
-    const int64_t H = pb.dim;
-    T* c = pb.c_inv + env * packed_row(H, H);
-    const T* __restrict__ phi = pb.phi + env * H;
+void step_env(const E3BProblem<T>& pb, int64_t env, T* __restrict__ phi, T* __restrict__ u) {
+    const int64_t H = pb.dim, n = tiles_per_side(H), Hp = n * kTile;
+    T* __restrict__ c = pb.c_inv + env * packed_size(H);
     const bool first = pb.first[env];
-    if (first && pb.reset) {
-#pragma omp simd
-        for (int64_t k = 0; k < packed_row(H, H); ++k) c[k] = T(0);
-        for (int64_t i = 0; i < H; ++i) c[packed_row(i, H)] = pb.inv_ridge;
+    for (int64_t i = 0; i < Hp; ++i) {
+        phi[i] = i < H ? pb.phi[env * H + i] : T(0);
+        u[i] = T(0);
     }
-    // u = C phi from the upper triangle: row i gives u[i] its dot product with phi[i..] and,
-    // standing in for column i below the diagonal, adds C[i, j] phi[i] to every u[j], j > i.
+    if (first && pb.reset) {
+        for (int64_t k = 0; k < packed_size(H); ++k) c[k] = T(0);
+        for (int64_t i = 0; i < H; ++i) c[tile_index(i / kTile, i / kTile, n) * kTile * kTile + (i % kTile) * (kTile + 1)] = pb.inv_ridge;
+    }
+    // u = C phi over the stored tiles: tile (I, J) adds C[I, J] phi[J] to u[I] and, standing in for
+    // the tile (J, I) below the diagonal, C[I, J]^T phi[I] to u[J].
+    const T* tile = c;
+    for (int64_t I = 0; I < n; ++I) {
+        T acc[kTile][kTile] = {};
+        const T* phi_i = phi + I * kTile;
+        for (int64_t J = I; J < n; ++J, tile += kTile * kTile) {
+            const T* phi_j = phi + J * kTile;
+            T* u_j = u + J * kTile;
+            for (int64_t r = 0; r < kTile; ++r) {
+                const T* row = tile + r * kTile;
 #pragma omp simd
-    for (int64_t i = 0; i < H; ++i) u[i] = T(0);
-    for (int64_t i = 0; i < H; ++i) {
-        const T* __restrict__ row = c + packed_row(i, H);
-        const T p = phi[i];
-        const int64_t n = H - 1 - i;
-        const T* __restrict__ rest = row + 1;
-        const T* __restrict__ phi_rest = phi + i + 1;
-        T* __restrict__ u_rest = u + i + 1;
-        T dot = row[0] * p;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t k = 0; k < n; ++k) {
-            dot += rest[k] * phi_rest[k];
-            u_rest[k] += rest[k] * p;
+                for (int64_t q = 0; q < kTile; ++q) acc[r][q] += row[q] * phi_j[q];
+                if (J > I) {
+                    const T p = phi_i[r];
+#pragma omp simd
+                    for (int64_t q = 0; q < kTile; ++q) u_j[q] += row[q] * p;
+                }
+            }
         }
-        u[i] += dot;
+        for (int64_t r = 0; r < kTile; ++r) {
+            T sum = 0;
+            for (int64_t q = 0; q < kTile; ++q) sum += acc[r][q];
+            u[I * kTile + r] += sum;
+        }
     }
     T b = 0;
 #pragma omp simd reduction(+ : b)
-    for (int64_t i = 0; i < H; ++i) b += phi[i] * u[i];
+    for (int64_t i = 0; i < Hp; ++i) b += phi[i] * u[i];
     const T d = pb.decay;
     const T inv_d = T(1) / d;
     const T s = T(1) / (d * (d + b));
-    for (int64_t i = 0; i < H; ++i) {
-        T* __restrict__ row = c + packed_row(i, H);
-        const T* __restrict__ u_row = u + i;
-        const T ui = u[i];
-        const int64_t n = H - i;
+    T* out = c;
+    for (int64_t I = 0; I < n; ++I) {
+        for (int64_t J = I; J < n; ++J) {
+            for (int64_t r = 0; r < kTile; ++r, out += kTile) {
+                const T ui = u[I * kTile + r];
+                const T* u_j = u + J * kTile;
 #pragma omp simd
-        for (int64_t k = 0; k < n; ++k) row[k] = row[k] * inv_d - s * (ui * u_row[k]);
+                for (int64_t q = 0; q < kTile; ++q) out[q] = out[q] * inv_d - s * (ui * u_j[q]);
+            }
+        }
     }
     pb.bonus[env] = first ? T(0) : b;
 }
@@ -62,8 +74,9 @@ void step_env(const E3BProblem<T>& pb, int64_t env, T* __restrict__ u) {
 template <class T>
 void e3b_cpu(const E3BProblem<T>& pb) {
     at::parallel_for(0, pb.envs, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> u(pb.dim);
-        for (int64_t env = begin; env < end; ++env) step_env(pb, env, u.data());
+        std::vector<T> scratch(2 * tiles_per_side(pb.dim) * kTile);  // phi padded with zeros, and u
+        for (int64_t env = begin; env < end; ++env)
+            step_env(pb, env, scratch.data(), scratch.data() + tiles_per_side(pb.dim) * kTile);
     });
 }
 

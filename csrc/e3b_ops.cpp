@@ -23,9 +23,9 @@ void e3b_step(const at::Tensor& c_inv, const at::Tensor& phi, const at::Tensor& 
           "float32 or float64 [envs, dim]");
     const int64_t envs = phi.size(0), dim = phi.size(1);
     const auto same = [&](const at::Tensor& t) { return t.device() == phi.device(); };
-    check(c_inv.dim() == 2 && c_inv.size(0) == envs && c_inv.size(1) == packed_row(dim, dim) &&
+    check(c_inv.dim() == 2 && c_inv.size(0) == envs && c_inv.size(1) == packed_size(dim) &&
               c_inv.is_contiguous() && c_inv.scalar_type() == phi.scalar_type() && same(c_inv),
-          c_inv, "c_inv", "a contiguous packed upper triangle [envs, dim (dim + 1) / 2] of phi's dtype and device");
+          c_inv, "c_inv", "a contiguous tiled upper triangle [envs, packed_size(dim)] of phi's dtype and device");
     check(first.dim() == 1 && first.size(0) == envs && first.scalar_type() == at::kBool && same(first), first,
           "first", "bool [envs] on phi's device");
     check(bonus.dim() == 1 && bonus.size(0) == envs && bonus.is_contiguous() &&
@@ -46,7 +46,7 @@ void e3b_step(const at::Tensor& c_inv, const at::Tensor& phi, const at::Tensor& 
                                 reset};
         if (c_inv.is_cuda()) {
 #ifdef PUFFCTL_WITH_CUDA
-            TORCH_CHECK_VALUE(2 * dim * int64_t(sizeof(scalar_t)) <= 48 * 1024,
+            TORCH_CHECK_VALUE(2 * tiles_per_side(dim) * kTile * int64_t(sizeof(scalar_t)) <= 48 * 1024,
                               "puffctl.e3b_step: dim ", dim, " is too wide for the CUDA kernel's shared memory");
             const c10::DeviceGuard guard(c_inv.device());
             void* stream =

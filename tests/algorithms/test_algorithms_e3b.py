@@ -129,15 +129,15 @@ def test_the_fused_op_touches_each_env_only_through_its_own_row():
 
 @pytest.mark.usefixtures("compiled_ops")
 @pytest.mark.parametrize("name,args,message", [
-    ("c_inv", dict(c_inv=torch.zeros(3, 16)), "c_inv must be a contiguous packed"),
-    ("c_inv", dict(c_inv=torch.zeros(10, 3).t()), "c_inv must be a contiguous packed"),
+    ("c_inv", dict(c_inv=torch.zeros(3, 16)), "c_inv must be a contiguous tiled"),
+    ("c_inv", dict(c_inv=torch.zeros(64, 3).t()), "c_inv must be a contiguous tiled"),
     ("phi", dict(phi=torch.zeros(3, 4, dtype=torch.int32)), "phi must be"),
-    ("c_inv", dict(c_inv=torch.zeros(3, 10, dtype=torch.float64)), "c_inv must be"),
+    ("c_inv", dict(c_inv=torch.zeros(3, 64, dtype=torch.float64)), "c_inv must be"),
     ("first", dict(first=torch.zeros(3)), "first must be bool"),
     ("bonus", dict(bonus=torch.zeros(2)), "bonus must be"),
 ])
 def test_the_op_names_a_bad_tensor(name, args, message):
-    call = dict(c_inv=torch.zeros(3, 10), phi=torch.zeros(3, 4), first=torch.zeros(3, dtype=torch.bool),
+    call = dict(c_inv=torch.zeros(3, 64), phi=torch.zeros(3, 4), first=torch.zeros(3, dtype=torch.bool),
                 bonus=torch.zeros(3))
     call.update(args)
     with pytest.raises(ValueError, match=message):

@@ -58,6 +58,21 @@ class RunningStd:
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
+TILE = 8  # csrc/e3b.h kTile
+
+
+def tile_layout(dim: int, device: torch.device) -> tuple[tuple[Tensor, Tensor, Tensor], int]:
+    """Where the fused op keeps C_inv (csrc/e3b.h): ((slots, rows, cols), floats per env), where slot
+    `slots[k]` of an env's tiles holds C_inv[rows[k], cols[k]]; the other slots are zero padding."""
+    n = -(-dim // TILE)
+    tile_rows, tile_cols = torch.triu_indices(n, n, device=device)
+    r = torch.arange(TILE, device=device)
+    rows = (tile_rows[:, None, None] * TILE + r[None, :, None]).expand(-1, TILE, TILE).reshape(-1)
+    cols = (tile_cols[:, None, None] * TILE + r[None, None, :]).expand(-1, TILE, TILE).reshape(-1)
+    inside = (rows < dim) & (cols < dim)
+    return (inside.nonzero().squeeze(1), rows[inside], cols[inside]), rows.numel()
+
+
 class E3B:
     """Per-env elliptical bonus: `step(phi, first)` gives each env's intrinsic reward for its new observation."""
 
@@ -72,24 +87,25 @@ class E3B:
         self.eye = torch.eye(dim, device=device, dtype=dtype) / ridge
         self.stats = RunningStd()
         self.last_raw = torch.zeros(num_envs, device=device, dtype=dtype)
-        # csrc/e3b_*: the whole step in one pass per env over the upper triangle of C_inv (`packed`,
-        # [num_envs, H (H + 1) / 2]); the torch code below, on the full matrices, is its fallback and reference.
+        # csrc/e3b_*: the whole step in one pass per env over the tiles on and above C_inv's diagonal
+        # (`packed`, layout in csrc/e3b.h); the torch code below, on full matrices, is its fallback and reference.
         self.compiled = extension.use_compiled(torch.device(device), backend, "E3B step")
         if self.compiled:
-            self.triu = tuple(torch.triu_indices(dim, dim, device=device))
-            self.packed = self.eye[self.triu].repeat(num_envs, 1)
+            self.slots, size = tile_layout(dim, torch.device(device))
+            self.packed = self.eye.new_zeros(num_envs, size)
+            self.packed[:, self.slots[0]] = self.eye[self.slots[1:]]
         else:
             self.full = self.eye.repeat(num_envs, 1, 1)
 
     @property
     def c_inv(self) -> Tensor:
-        """The inverse covariances [num_envs, H, H] (a copy when the fused op keeps them packed)."""
+        """The inverse covariances [num_envs, H, H] (a copy when the fused op keeps them tiled)."""
         if not self.compiled:
             return self.full
         full = self.packed.new_empty(self.num_envs, self.dim, self.dim)
-        rows, cols = self.triu
-        full[:, cols, rows] = self.packed
-        full[:, rows, cols] = self.packed
+        slots, rows, cols = self.slots
+        full[:, cols, rows] = self.packed[:, slots]
+        full[:, rows, cols] = self.packed[:, slots]
         return full
 
     @torch.no_grad()
@@ -124,7 +140,7 @@ class E3B:
 
     def load_state_dict(self, state: dict) -> None:
         if self.compiled:
-            self.packed.copy_(state["c_inv"][(slice(None), *self.triu)])
+            self.packed[:, self.slots[0]] = state["c_inv"][:, self.slots[1], self.slots[2]].to(self.packed)
         else:
             self.full.copy_(state["c_inv"])
         self.stats.load_state_dict(state["stats"])
