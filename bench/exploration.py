@@ -14,8 +14,9 @@ intervals is `puffctl ablate run bench/ablations/exploration-*.yaml`; this is it
 `sps` trains each pair's baseline and algorithm arms side by side in one process, in rounds of
 `--seconds` per arm whose order rotates (so machine load hits every arm alike), and reports the
 median over rounds of 1 - sps_arm / sps_baseline, by wall clock and by the process's CPU time
-(steadier on a shared machine). The e3b pair has a third arm, E3B.step on its pure-torch fallback. `step` times E3B.step alone, the fused csrc/ op against the
-pure-torch step, also in alternating rounds (medians of ms per step).
+(steadier on a shared machine). The e3b pair has a third arm, E3B.step on its pure-torch fallback.
+`step` times E3B.step alone, the fused csrc/ op against the pure-torch step, also in alternating
+rounds (medians of ms per step).
 
 Prints a table and writes JSON (bench/results/exploration-<what>.json unless --out).
 """
@@ -152,7 +153,8 @@ def main() -> None:
     report: dict = {"what": args.what, "cpu_count": os.cpu_count(), "load_average_1m_at_start": os.getloadavg()[0]}
 
     if args.what == "sps":
-        table = Table(title=f"SPS, collection + training ({args.rounds} rotating rounds of {args.seconds:.0f} s per arm)")
+        title = f"SPS, collection + training ({args.rounds} rotating rounds of {args.seconds:.0f} s per arm)"
+        table = Table(title=title)
         for column in ("arm", "SPS (median)", "cost, median of rounds", "cost per round", "cost by CPU time"):
             table.add_column(column, justify="left" if column == "arm" else "right")
         report["pairs"] = {}
