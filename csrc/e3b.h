@@ -29,6 +29,10 @@ constexpr int64_t kTile = 8;
 // Tiles per side of a dim x dim matrix, and where tile (I, J), I <= J, starts among an env's tiles.
 PUFF_E3B_HD int64_t tiles_per_side(int64_t dim) { return (dim + kTile - 1) / kTile; }
 PUFF_E3B_HD int64_t tile_index(int64_t I, int64_t J, int64_t n) { return I * n - I * (I - 1) / 2 + (J - I); }
+// Where C[i, i] sits among an env's tiles.
+PUFF_E3B_HD int64_t diagonal_slot(int64_t i, int64_t n) {
+    return tile_index(i / kTile, i / kTile, n) * kTile * kTile + (i % kTile) * (kTile + 1);
+}
 // Floats (or doubles) per env: every stored tile.
 PUFF_E3B_HD int64_t packed_size(int64_t dim) {
     const int64_t n = tiles_per_side(dim);

@@ -21,7 +21,7 @@ void step_env(const E3BProblem<T>& pb, int64_t env, T* __restrict__ phi, T* __re
     }
     if (first && pb.reset) {
         for (int64_t k = 0; k < packed_size(H); ++k) c[k] = T(0);
-        for (int64_t i = 0; i < H; ++i) c[tile_index(i / kTile, i / kTile, n) * kTile * kTile + (i % kTile) * (kTile + 1)] = pb.inv_ridge;
+        for (int64_t i = 0; i < H; ++i) c[diagonal_slot(i, n)] = pb.inv_ridge;
     }
     // u = C phi over the stored tiles: tile (I, J) adds C[I, J] phi[J] to u[I] and, standing in for
     // the tile (J, I) below the diagonal, C[I, J]^T phi[I] to u[J].

@@ -52,8 +52,7 @@ __global__ void e3b_kernel(E3BProblem<T> pb) {
     if (first && pb.reset) {
         for (int64_t k = threadIdx.x; k < packed_size(H); k += kThreads) c[k] = T(0);
         __syncthreads();
-        for (int64_t i = threadIdx.x; i < H; i += kThreads)
-            c[tile_index(i / kTile, i / kTile, n) * kTile * kTile + (i % kTile) * (kTile + 1)] = pb.inv_ridge;
+        for (int64_t i = threadIdx.x; i < H; i += kThreads) c[diagonal_slot(i, n)] = pb.inv_ridge;
     }
     __syncthreads();
     // A warp per tile (I, J): C[I, J] phi[J] into u[I] and, for the tile (J, I) below the
