@@ -8,7 +8,15 @@ intervals is `puffctl ablate run bench/ablations/exploration-*.yaml`; this is it
 
     python bench/exploration.py maze [--seeds 1 2] [--steps 1000000]
     python bench/exploration.py snake [--seeds 1] [--steps 500000]
-    python bench/exploration.py sps [--seconds 20]      # E3B's and DIAYN's throughput cost
+    python bench/exploration.py sps [--pairs e3b diayn] [--rounds 5] [--seconds 10]   # throughput cost
+    python bench/exploration.py step [--sizes 256 1024] [--dim 128] [--rounds 5]   # E3B.step alone
+
+`sps` trains each pair's baseline and algorithm arms side by side in one process, in rounds of
+`--seconds` per arm whose order rotates (so machine load hits every arm alike), and reports the
+median over rounds of 1 - sps_arm / sps_baseline, by wall clock and by the process's CPU time
+(steadier on a shared machine). The e3b pair has a third arm, E3B.step on its pure-torch fallback.
+`step` times E3B.step alone, the fused csrc/ op against the pure-torch step, also in alternating
+rounds (medians of ms per step).
 
 Prints a table and writes JSON (bench/results/exploration-<what>.json unless --out).
 """
@@ -38,12 +46,11 @@ ARMS = {
     "snake": ("diayn", "score", {"baseline": ["train.diayn_coef=0"], "diayn 0.01": ["train.diayn_coef=0.01"],
                                  "diayn 0.1": ["train.diayn_coef=0.1"]}),
 }
-SPS_ARMS = {
-    "baseline (maze, hidden 128)": ("e3b", ["train.e3b_coef=0"]),
-    "e3b (maze, hidden 128)": ("e3b", []),
-    "baseline (snake)": ("diayn", ["train.diayn_coef=0"]),
-    "diayn 0.01 (snake)": ("diayn", []),
+SPS_PAIRS = {  # pair -> (env, profile, arms: label -> --set overrides); the first arm is the baseline
+    "e3b": ("maze, hidden 128", "e3b", {"baseline": ["train.e3b_coef=0"], "e3b": [], "e3b, torch step": []}),
+    "diayn": ("snake", "diayn", {"baseline": ["train.diayn_coef=0"], "diayn 0.01": []}),
 }
+TORCH_STEP = "e3b, torch step"  # E3B.step on its pure-torch fallback instead of the fused csrc/ op
 
 
 def trainer_for(profile: str, sets: list[str], seed: int, steps: int | None) -> Trainer:
@@ -70,42 +77,108 @@ def run_arm(profile: str, sets: list[str], seed: int, steps: int, stat: str, tai
             **{k: v for k, v in losses.items() if k.startswith(("e3b_", "diayn_"))}}
 
 
-def measure_sps(profile: str, sets: list[str], seconds: float) -> float:
-    """Agent steps per second of collection + training after one warm-up epoch."""
-    trainer = trainer_for(profile, sets, 1, None)
-    trainer.evaluate(), trainer.train()
-    start, steps = time.perf_counter(), trainer.agent_steps
+def epochs_for(trainer: Trainer, seconds: float) -> tuple[int, float, float]:
+    """Collect + train epochs for about `seconds`: (agent steps, wall seconds, CPU seconds of this process)."""
+    start, cpu, steps = time.perf_counter(), time.process_time(), trainer.agent_steps
     while time.perf_counter() - start < seconds:
         trainer.evaluate(), trainer.train()
-    sps = (trainer.agent_steps - steps) / (time.perf_counter() - start)
-    trainer.close()
-    return sps
+    return trainer.agent_steps - steps, time.perf_counter() - start, time.process_time() - cpu
+
+
+def sps_arms(profile: str, arms: dict[str, list[str]], rounds: int, seconds: float) -> dict:
+    """Every arm's trainer, in rounds whose order rotates, after one warm-up epoch each; per-round SPS
+    (wall clock and per CPU second) and each arm's cost against the first arm, round by round."""
+    from trainer.algorithms.e3b import E3B
+
+    trainers = {label: trainer_for(profile, sets, 1, None) for label, sets in arms.items()}
+    if TORCH_STEP in trainers:
+        old = trainers[TORCH_STEP].algorithm.bonus
+        trainers[TORCH_STEP].algorithm.bonus = E3B(old.num_envs, old.dim, ridge=old.ridge, coef=old.coef,
+                                                   decay=old.decay, norm=old.norm, backend="torch")
+    for trainer in trainers.values():
+        trainer.evaluate(), trainer.train()
+    sps: dict[str, list[float]] = {label: [] for label in trainers}
+    cpu_sps: dict[str, list[float]] = {label: [] for label in trainers}
+    labels = list(trainers)
+    for round_ in range(rounds):
+        for label in labels[round_ % len(labels):] + labels[:round_ % len(labels)]:
+            steps, wall, cpu = epochs_for(trainers[label], seconds)
+            sps[label].append(steps / wall)
+            cpu_sps[label].append(steps / cpu)
+    for trainer in trainers.values():
+        trainer.close()
+    base = labels[0]
+    costs = {label: [1 - a / b for a, b in zip(sps[label], sps[base])] for label in labels[1:]}
+    cpu_costs = {label: [1 - a / b for a, b in zip(cpu_sps[label], cpu_sps[base])] for label in labels[1:]}
+    return {"sps": sps, "sps_per_cpu_second": cpu_sps, "costs": costs, "cpu_costs": cpu_costs,
+            "median_cost": {label: statistics.median(c) for label, c in costs.items()},
+            "median_cpu_cost": {label: statistics.median(c) for label, c in cpu_costs.items()}}
+
+
+def step_times(envs: int, dim: int, rounds: int, steps: int) -> dict[str, list[float]]:
+    """ms per E3B.step (normalised bonus, resets at ~1/64 of the steps) for the fused op and the torch step."""
+    from trainer.algorithms.e3b import E3B
+
+    gen = torch.Generator().manual_seed(0)
+    phis = torch.tanh(torch.randn(steps, envs, dim, generator=gen))
+    firsts = torch.rand(steps, envs, generator=gen) < 1 / 64
+    bonuses = {backend: E3B(envs, dim, backend=backend) for backend in ("compiled", "torch")}
+    times: dict[str, list[float]] = {backend: [] for backend in bonuses}
+    for round_ in range(rounds):
+        for backend in (bonuses if round_ % 2 == 0 else reversed(bonuses)):
+            start = time.perf_counter()
+            for t in range(steps):
+                bonuses[backend].step(phis[t], firsts[t])
+            times[backend].append(1e3 * (time.perf_counter() - start) / steps)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("maze", "snake", "sps"))
+    parser.add_argument("what", choices=("maze", "snake", "sps", "step"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--steps", type=int, default=1_000_000, help="agent steps per run")
     parser.add_argument("--tail", type=int, default=8, help="epochs at the end whose episodes are scored")
-    parser.add_argument("--seconds", type=float, default=20.0, help="sps: measured time per arm")
+    parser.add_argument("--pairs", nargs="+", choices=tuple(SPS_PAIRS), default=list(SPS_PAIRS),
+                        help="sps: which algorithm-vs-baseline pairs")
+    parser.add_argument("--rounds", type=int, default=5, help="sps, step: alternating rounds per arm")
+    parser.add_argument("--seconds", type=float, default=10.0, help="sps: seconds per arm per round")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="step: numbers of envs")
+    parser.add_argument("--dim", type=int, default=128, help="step: embedding width H")
+    parser.add_argument("--threads", type=int, default=1, help="step: torch threads")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     console = Console(width=140)
     out = args.out or ROOT / "bench" / "results" / f"exploration-{args.what}.json"
-    report: dict = {"what": args.what, "cpu_count": os.cpu_count()}
+    report: dict = {"what": args.what, "cpu_count": os.cpu_count(), "load_average_1m_at_start": os.getloadavg()[0]}
 
     if args.what == "sps":
-        table = Table(title=f"SPS, collection + training ({args.seconds:.0f} s per arm)")
-        for column in ("arm", "SPS", "cost vs its baseline"):
+        title = f"SPS, collection + training ({args.rounds} rotating rounds of {args.seconds:.0f} s per arm)"
+        table = Table(title=title)
+        for column in ("arm", "SPS (median)", "cost, median of rounds", "cost per round", "cost by CPU time"):
             table.add_column(column, justify="left" if column == "arm" else "right")
-        rows, base = {}, None
-        for label, (profile, sets) in SPS_ARMS.items():
-            rows[label] = measure_sps(profile, sets, args.seconds)
-            base = rows[label] if label.startswith("baseline") else base
-            cost = "" if label.startswith("baseline") else f"{100 * (1 - rows[label] / base):.0f}%"
-            table.add_row(label, f"{rows[label]:,.0f}", cost)
-        report["sps"] = rows
+        report["pairs"] = {}
+        for pair in args.pairs:
+            label, profile, arms = SPS_PAIRS[pair]
+            result = sps_arms(profile, arms, args.rounds, args.seconds)
+            report["pairs"][pair] = result
+            for arm in arms:
+                cost = result["costs"].get(arm)
+                table.add_row(f"{arm} ({label})", f"{statistics.median(result['sps'][arm]):,.0f}",
+                              "" if cost is None else f"{100 * result['median_cost'][arm]:.1f}%",
+                              "" if cost is None else " ".join(f"{100 * c:.0f}%" for c in cost),
+                              "" if cost is None else f"{100 * result['median_cpu_cost'][arm]:.1f}%")
+    elif args.what == "step":
+        torch.set_num_threads(args.threads)
+        table = Table(title=f"E3B.step alone, H={args.dim}, {args.threads} thread(s), median of {args.rounds} rounds")
+        for column in ("envs", "fused op, ms/step", "torch, ms/step", "speed-up"):
+            table.add_column(column, justify="right")
+        report["step"] = {}
+        for envs in args.sizes:
+            times = step_times(envs, args.dim, args.rounds, steps=max(10, 5120 // envs))
+            fused, plain = statistics.median(times["compiled"]), statistics.median(times["torch"])
+            report["step"][envs] = times
+            table.add_row(str(envs), f"{fused:.2f}", f"{plain:.2f}", f"{plain / fused:.1f}x")
     else:
         profile, stat, arms = ARMS[args.what]
         table = Table(title=f"{args.what}: mean {stat} over the last {args.tail} epochs at {args.steps:,} steps")

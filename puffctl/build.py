@@ -1,4 +1,4 @@
-"""Compiling the csrc/ advantage ops into the build cache that trainer/extension.py loads.
+"""Compiling the csrc/ ops (advantage estimators, E3B's step) into the build cache that trainer/extension.py loads.
 
 Sources compile in parallel straight from the compiler (no ninja, no Python headers: the ops
 register through TORCH_LIBRARY), into a temporary folder that replaces the cached build only
@@ -24,6 +24,10 @@ from puffctl.errors import PuffctlError
 
 DEFAULT_CUDA_ARCHS = ("8.0", "8.6", "8.9", "9.0")
 MAX_ERROR_LINES = 40
+# The kernels, and the torch bindings (which alone see -DPUFFCTL_WITH_CUDA in a cuda build).
+CPU_SOURCES = ("advantage_cpu.cpp", "e3b_cpu.cpp")
+CUDA_SOURCES = ("advantage_cuda.cu", "e3b_cuda.cu")
+OPS_SOURCES = ("advantage_ops.cpp", "e3b_ops.cpp")
 
 
 @dataclass
@@ -95,12 +99,12 @@ def cuda_arch_flags() -> list[str]:
     return flags + ["-gencode", f"arch=compute_{top},code=compute_{top}"]
 
 
-def cuda_object_step(csrc: Path, out_dir: Path, nvcc: str) -> Step:
-    """The nvcc command that compiles the CUDA kernel (no torch headers needed)."""
+def cuda_object_step(csrc: Path, out_dir: Path, nvcc: str, source: str) -> Step:
+    """The nvcc command that compiles one CUDA kernel (no torch headers needed)."""
     return Step(
-        "nvcc advantage_cuda.cu",
+        f"nvcc {source}",
         [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", *cuda_arch_flags(),
-         "-c", str(csrc / "advantage_cuda.cu"), "-o", str(out_dir / "advantage_cuda.o")],
+         "-c", str(csrc / source), "-o", str(out_dir / Path(source).with_suffix(".o").name)],
     )
 
 
@@ -120,20 +124,22 @@ def plan(flavor: str, csrc: Path, out_dir: Path) -> tuple[list[Step], Step]:
     # loaded, so torch.set_num_threads also sets this library's thread count.
     torch_omp = sorted((torch_dir / "lib").glob("libgomp*.so*"))
     libs += [f"-l:{torch_omp[0].name}"] if torch_omp else ["-fopenmp"]
+
+    def cxx_step(source: str, extra: list[str]) -> Step:
+        return Step(f"c++ {source}", [cxx, *cxx_flags, *extra, "-c", str(csrc / source),
+                                      "-o", str(out_dir / Path(source).with_suffix(".o").name)])
+
     ops_flags: list[str] = []
-    compiles = [Step("c++ advantage_cpu.cpp", [cxx, *cxx_flags, "-c", str(csrc / "advantage_cpu.cpp"),
-                                                "-o", str(out_dir / "advantage_cpu.o")])]
-    objects = [out_dir / "advantage_cpu.o", out_dir / "advantage_ops.o"]
+    compiles = [cxx_step(source, []) for source in CPU_SOURCES]
     if flavor == "cuda":
         nvcc = nvcc_path()
         assert nvcc is not None, "choose_flavor guarantees nvcc for the cuda flavour"
         cuda_lib = cuda_home(nvcc) / "lib64"
         ops_flags = ["-DPUFFCTL_WITH_CUDA"]
-        compiles.append(cuda_object_step(csrc, out_dir, nvcc))
-        objects.append(out_dir / "advantage_cuda.o")
+        compiles += [cuda_object_step(csrc, out_dir, nvcc, source) for source in CUDA_SOURCES]
         libs += ["-L", str(cuda_lib), "-lcudart", f"-Wl,-rpath,{cuda_lib}"]
-    compiles.append(Step("c++ advantage_ops.cpp", [cxx, *cxx_flags, *ops_flags, "-c",
-                                                    str(csrc / "advantage_ops.cpp"), "-o", str(out_dir / "advantage_ops.o")]))
+    compiles += [cxx_step(source, ops_flags) for source in OPS_SOURCES]
+    objects = [Path(step.argv[-1]) for step in compiles]
     from trainer.extension import LIBRARY_NAME
 
     link = Step("link " + LIBRARY_NAME, [cxx, "-shared", *map(str, objects), "-o", str(out_dir / LIBRARY_NAME), *libs])

@@ -10,7 +10,6 @@ and dones[t] arrived with obs[t]. `importance` holds the ratios w (None: on-poli
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor
 from trainer import extension
 
 ESTIMATORS = ("gae", "puff", "vtrace")
-BACKENDS = ("auto", "compiled", "torch")
+BACKENDS = extension.BACKENDS
 
 
 class Bootstrap(NamedTuple):
@@ -30,36 +29,13 @@ class Bootstrap(NamedTuple):
     dones: Tensor
 
 
-_warned = False
-
-
-def _warn_once(message: str) -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-
 def compiled_flavor() -> str | None:
     """The flavour of the loaded compiled ops ("cpu" or "cuda"), or None when none is built."""
     return extension.load()
 
 
 def _use_compiled(device: torch.device, backend: str) -> bool:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return False
-    flavor = compiled_flavor()
-    usable = flavor is not None and (device.type == "cpu" or (device.type == "cuda" and flavor == "cuda"))
-    if usable:
-        return True
-    why = ("no build of the advantage extension for these sources and this torch (run `puffctl build`)"
-           if flavor is None else f"the {flavor} build has no kernels for {device.type} tensors")
-    if backend == "compiled":
-        raise RuntimeError(why)
-    _warn_once(f"{why}; using the pure-torch advantage ops")
-    return False
+    return extension.use_compiled(device, backend, "advantage ops")
 
 
 def _check(op: str, values: Tensor, named: dict[str, Tensor | None], bootstrap: Bootstrap | None) -> None:

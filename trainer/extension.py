@@ -1,4 +1,4 @@
-"""Where builds of the csrc/ advantage ops live, and loading one: never compiling.
+"""Where builds of the csrc/ ops (advantage estimators, E3B's step) live, and loading one: never compiling.
 
 A build is keyed by a hash of the sources and the build recipe, the torch and CUDA versions, the
 flavour (cpu or cuda) and the machine, so a changed source or a new torch never loads a stale library.
@@ -12,17 +12,27 @@ import hashlib
 import importlib.util
 import platform
 import runpy
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.cache import cache_root
 
+if TYPE_CHECKING:
+    import torch
+
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = ("advantage.h", "advantage_ops.cpp", "advantage_cpu.cpp", "advantage_cuda.cu")
+SOURCES = ("advantage.h", "advantage_ops.cpp", "advantage_cpu.cpp", "advantage_cuda.cu",
+           "e3b.h", "e3b_ops.cpp", "e3b_cpu.cpp", "e3b_cuda.cu")
 LIBRARY_NAME = "puffctl_ops.so"
 # The compile recipe (flags, layout) is part of every key, so changing it invalidates old builds.
 RECIPE = Path(__file__).resolve().parent.parent / "puffctl" / "build.py"
 
+# How ops choose: "compiled" demands a build, "torch" the pure-torch code, "auto" a build if there is one.
+BACKENDS = ("auto", "compiled", "torch")
+
 _loaded: str | None = None
+_warned: set[str] = set()
 
 
 def _cpu_model() -> str:
@@ -92,3 +102,26 @@ def load(csrc: Path = CSRC) -> str | None:
         torch.ops.load_library(str(found[1]))
         _loaded = found[0]
     return _loaded
+
+
+def use_compiled(device: torch.device, backend: str, ops: str) -> bool:
+    """Whether the compiled `ops` (e.g. "advantage ops") run for tensors on `device` under `backend`.
+
+    "auto" without a usable build warns once per `ops` and leaves the caller on its pure-torch code;
+    "compiled" raises RuntimeError instead.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    flavor = load()
+    if flavor is not None and (device.type == "cpu" or (device.type == "cuda" and flavor == "cuda")):
+        return True
+    why = ("no build of the csrc/ extension for these sources and this torch (run `puffctl build`)"
+           if flavor is None else f"the {flavor} build has no kernels for {device.type} tensors")
+    if backend == "compiled":
+        raise RuntimeError(why)
+    if ops not in _warned:
+        _warned.add(ops)
+        warnings.warn(f"{why}; using the pure-torch {ops}", RuntimeWarning, stacklevel=4)
+    return False

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from trainer import extension
 from trainer.algorithms.base import Algorithm, Means, Minibatch, Outputs
 
 if TYPE_CHECKING:
@@ -38,8 +39,9 @@ class RunningStd:
         n = values.numel()
         if not n:
             return
-        values = values.detach().double()
-        mean, m2 = values.mean().item(), ((values - values.mean()) ** 2).sum().item()
+        var, mean = torch.var_mean(values.detach().double(), correction=0)
+        var, mean = torch.stack([var, mean]).tolist()  # one transfer: each step calls this
+        m2 = var * n
         delta, total = mean - self.mean, self.count + n
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.count * n / total
@@ -56,46 +58,91 @@ class RunningStd:
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
+TILE = 8  # csrc/e3b.h kTile
+
+
+def tile_layout(dim: int, device: torch.device) -> tuple[tuple[Tensor, Tensor, Tensor], int]:
+    """Where the fused op keeps C_inv (csrc/e3b.h): ((slots, rows, cols), floats per env), where slot
+    `slots[k]` of an env's tiles holds C_inv[rows[k], cols[k]]; the other slots are zero padding."""
+    n = -(-dim // TILE)
+    tile_rows, tile_cols = torch.triu_indices(n, n, device=device)
+    r = torch.arange(TILE, device=device)
+    rows = (tile_rows[:, None, None] * TILE + r[None, :, None]).expand(-1, TILE, TILE).reshape(-1)
+    cols = (tile_cols[:, None, None] * TILE + r[None, None, :]).expand(-1, TILE, TILE).reshape(-1)
+    inside = (rows < dim) & (cols < dim)
+    return (inside.nonzero().squeeze(1), rows[inside], cols[inside]), rows.numel()
+
+
 class E3B:
     """Per-env elliptical bonus: `step(phi, first)` gives each env's intrinsic reward for its new observation."""
 
     def __init__(self, num_envs: int, dim: int, *, ridge: float = 0.1, coef: float = 1.0, decay: float | None = None,
-                 norm: bool = True, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 norm: bool = True, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 backend: str = "auto") -> None:
         if ridge <= 0:
             raise ValueError(f"e3b ridge must be > 0, got {ridge}")
         if decay is not None and not 0 < decay <= 1:
             raise ValueError(f"e3b decay must be in (0, 1], got {decay}")
         self.num_envs, self.dim, self.ridge, self.coef, self.decay, self.norm = num_envs, dim, ridge, coef, decay, norm
         self.eye = torch.eye(dim, device=device, dtype=dtype) / ridge
-        self.c_inv = self.eye.repeat(num_envs, 1, 1)
         self.stats = RunningStd()
         self.last_raw = torch.zeros(num_envs, device=device, dtype=dtype)
+        # csrc/e3b_*: the whole step in one pass per env over the tiles on and above C_inv's diagonal
+        # (`packed`, layout in csrc/e3b.h); the torch code below, on full matrices, is its fallback and reference.
+        self.compiled = extension.use_compiled(torch.device(device), backend, "E3B step")
+        if self.compiled:
+            self.slots, size = tile_layout(dim, torch.device(device))
+            self.packed = self.eye.new_zeros(num_envs, size)
+            self.packed[:, self.slots[0]] = self.eye[self.slots[1:]]
+        else:
+            self.full = self.eye.repeat(num_envs, 1, 1)
+
+    @property
+    def c_inv(self) -> Tensor:
+        """The inverse covariances [num_envs, H, H] (a copy when the fused op keeps them tiled)."""
+        if not self.compiled:
+            return self.full
+        full = self.packed.new_empty(self.num_envs, self.dim, self.dim)
+        slots, rows, cols = self.slots
+        full[:, cols, rows] = self.packed[:, slots]
+        full[:, rows, cols] = self.packed[:, slots]
+        return full
 
     @torch.no_grad()
     def step(self, phi: Tensor, first: Tensor) -> Tensor:
         """Intrinsic rewards [num_envs] for embeddings `phi` [num_envs, H] of the observations that
         just arrived; `first` [num_envs] bool marks observations that start an episode."""
-        phi = phi.detach().to(self.c_inv.dtype)
-        if self.decay is None:
-            self.c_inv[first] = self.eye
-        u = torch.bmm(self.c_inv, phi.unsqueeze(-1)).squeeze(-1)
-        raw = (phi * u).sum(-1)
-        # one in-place pass over [num_envs, H, H]: C_inv <- C_inv / d - u u^T / (d (d + b)), d = decay or 1,
-        # which is Sherman-Morrison for (d C + phi phi^T)^-1 given (d C)^-1 = C_inv / d
+        phi = phi.detach().to(self.eye.dtype)
         d = 1.0 if self.decay is None else self.decay
-        self.c_inv.baddbmm_(u.unsqueeze(-1), (u / (d * (d + raw))[:, None]).unsqueeze(-2), beta=1.0 / d, alpha=-1.0)
-        bonus = raw * ~first
+        if self.compiled:
+            bonus = torch.empty_like(self.last_raw)
+            torch.ops.puffctl.e3b_step(self.packed, phi, first, self.ridge, d, self.decay is None, bonus)
+        else:
+            bonus = self._torch_step(phi, first, d)
         self.last_raw = bonus
         if not self.norm:
             return self.coef * bonus
         self.stats.update(bonus[~first])
-        return self.coef * bonus / max(self.stats.std, 1e-8)
+        return bonus * (self.coef / max(self.stats.std, 1e-8))
+
+    def _torch_step(self, phi: Tensor, first: Tensor, d: float) -> Tensor:
+        if self.decay is None:
+            self.full[first] = self.eye
+        u = torch.bmm(self.full, phi.unsqueeze(-1)).squeeze(-1)
+        raw = (phi * u).sum(-1)
+        # one in-place pass over [num_envs, H, H]: C_inv <- C_inv / d - u u^T / (d (d + b)), d = decay or 1,
+        # which is Sherman-Morrison for (d C + phi phi^T)^-1 given (d C)^-1 = C_inv / d
+        self.full.baddbmm_(u.unsqueeze(-1), (u / (d * (d + raw))[:, None]).unsqueeze(-2), beta=1.0 / d, alpha=-1.0)
+        return raw * ~first
 
     def state_dict(self) -> dict:
         return {"c_inv": self.c_inv.clone(), "stats": self.stats.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.c_inv.copy_(state["c_inv"])
+        if self.compiled:
+            self.packed[:, self.slots[0]] = state["c_inv"][:, self.slots[1], self.slots[2]].to(self.packed)
+        else:
+            self.full.copy_(state["c_inv"])
         self.stats.load_state_dict(state["stats"])
 
 
