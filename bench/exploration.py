@@ -9,6 +9,7 @@ intervals is `puffctl ablate run bench/ablations/exploration-*.yaml`; this is it
     python bench/exploration.py maze [--seeds 1 2] [--steps 1000000]
     python bench/exploration.py snake [--seeds 1] [--steps 500000]
     python bench/exploration.py sps [--seconds 20]      # E3B's and DIAYN's throughput cost
+    python bench/exploration.py snake --arm "k4 full=train.diayn_archive=4,train.diayn_features=full"
 
 Prints a table and writes JSON (bench/results/exploration-<what>.json unless --out).
 """
@@ -89,6 +90,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000, help="agent steps per run")
     parser.add_argument("--tail", type=int, default=8, help="epochs at the end whose episodes are scored")
     parser.add_argument("--seconds", type=float, default=20.0, help="sps: measured time per arm")
+    parser.add_argument("--arm", action="append", default=[], metavar="LABEL=KEY=VALUE,...",
+                        help="maze/snake: run this arm (overrides on the profile, comma-separated) instead of the "
+                             "default arms; repeatable")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     console = Console(width=140)
@@ -108,6 +112,8 @@ def main() -> None:
         report["sps"] = rows
     else:
         profile, stat, arms = ARMS[args.what]
+        if args.arm:
+            arms = {label: [s for s in sets.split(",") if s] for label, _, sets in (a.partition("=") for a in args.arm)}
         table = Table(title=f"{args.what}: mean {stat} over the last {args.tail} epochs at {args.steps:,} steps")
         for column in ("arm", "seed", stat, "episodes", "SPS", "algorithm numbers"):
             table.add_column(column, justify="left" if column in ("arm", "algorithm numbers") else "right")
