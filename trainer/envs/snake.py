@@ -187,8 +187,7 @@ class SnakeEnv(VecEnv):
         claims[at] = -1
 
         moved = ~dead
-        alive = np.flatnonzero(moved)
-        flat[at[alive]] = self._code[alive]
+        flat[at] = np.where(moved, self._code, landed)  # a dead snake's target keeps its code; no survivor shares it
         self._head += moved
         self._head &= wrap
         np.copyto(self._head_cell, target, where=moved)
