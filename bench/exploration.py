@@ -36,14 +36,14 @@ from trainer.train import Trainer  # noqa: E402
 
 ARMS = {
     "maze": ("e3b", "solved", {"baseline": ["train.e3b_coef=0"], "e3b": []}),
-    "snake": ("diayn", "score", {"baseline": ["train.diayn_coef=0"], "diayn 0.01": ["train.diayn_coef=0.01"],
-                                 "diayn 0.1": ["train.diayn_coef=0.1"]}),
+    "snake": ("diayn", "score", {"baseline": ["train.diayn_coef=0"], "diayn 0.05": ["train.diayn_coef=0.05"],
+                                 "diayn 0.07": ["train.diayn_coef=0.07"]}),
 }
 SPS_ARMS = {
     "baseline (maze, hidden 128)": ("e3b", ["train.e3b_coef=0"]),
     "e3b (maze, hidden 128)": ("e3b", []),
     "baseline (snake)": ("diayn", ["train.diayn_coef=0"]),
-    "diayn 0.01 (snake)": ("diayn", []),
+    "diayn (snake)": ("diayn", []),
 }
 
 
