@@ -45,7 +45,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def board_draw(seeds: np.ndarray, counters: np.ndarray) -> np.ndarray:
-    """splitmix64 of (seed, counter) per board (arrays; they wrap, unchecked): uint64 draws that depend on nothing else."""
+    """splitmix64 of (seed, counter) per board: uint64 draws that depend on nothing else (arrays wrap unchecked)."""
     z = counters + np.uint64(1)
     z *= _GOLDEN
     z += seeds
@@ -269,7 +269,7 @@ class SnakeEnv(VecEnv):
         self._windows = sliding_window_view(self._grid.reshape(self.boards, -1, self._stride), (side, side), axis=(1, 2))
 
     def _views(self, agents: np.ndarray, heads: np.ndarray, out: np.ndarray) -> None:
-        """Write the observations of `agents` seeing around the cells `heads` into their rows of `out` [num_envs, obs_size]."""
+        """Write the observations of `agents` seeing around the cells `heads` into their rows of `out`."""
         rows, cols = np.divmod(heads, self._stride)
         codes = self._windows[self._board[agents], rows - self.view, cols - self.view].reshape(len(agents), -1)
         everyone = len(agents) == self.num_envs
