@@ -4,7 +4,10 @@ Random actions (drawn before timing), no policy. Rows: gymnasium's CartPoleVecto
 directly (its next-step autoreset, no adapter), our adapter around it (same-step conversion,
 episode tracking), the built-in envs (puffer:snake's target: 1M agent steps/s on one core), and a sync-vectorized gymnasium env for scale.
 
-    python -m bench.envs [--sizes 256 1024 4096] [--seconds 0.5] [--rounds 5] [--out FILE]
+    python -m bench.envs [--sizes 256 1024 4096] [--seconds 0.5] [--rounds 5] [--only puffer:snake] [--out FILE]
+
+Besides wall-clock steps/s, each row gives steps per CPU-second of this process (`time.process_time`),
+which other processes sharing the cores disturb less (not at all only on a quiet machine).
 """
 
 from __future__ import annotations
@@ -29,18 +32,18 @@ ACTION_BANK = 64
 """Distinct random action batches cycled through while timing."""
 
 
-def time_steps(step: Callable[[np.ndarray], object], actions: list[np.ndarray], seconds: float) -> tuple[int, float]:
-    """Call `step` for about `seconds` (after a warm-up); return (calls, elapsed seconds)."""
+def time_steps(step: Callable[[np.ndarray], object], actions: list[np.ndarray], seconds: float) -> tuple[int, float, float]:
+    """Call `step` for about `seconds` (after a warm-up); return (calls, elapsed seconds, CPU seconds)."""
     for batch in actions[:8]:
         step(batch)
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu = 0, time.perf_counter(), time.process_time()
     while True:
         for batch in actions:
             step(batch)
         calls += len(actions)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return calls, elapsed
+            return calls, elapsed, time.process_time() - cpu
 
 
 class Case:
@@ -50,7 +53,7 @@ class Case:
         self.label, self.num_envs, self.env, self.step = label, num_envs, env, step
         rng = np.random.default_rng(0)
         self.actions = [rng.integers(n_actions, size=num_envs) for _ in range(ACTION_BANK)]
-        self.best_us = float("inf")
+        self.best_us = self.best_cpu_us = float("inf")
 
 
 def raw_cartpole(num_envs: int) -> Case:
@@ -71,6 +74,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.5, help="timing window per row and round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds over all rows; each row reports its best")
     parser.add_argument("--sync-size", type=int, default=64, help="num_envs of the sync-vectorized row")
+    parser.add_argument("--only", nargs="+", default=None, metavar="ENV",
+                        help="time only the rows of these envs (e.g. puffer:snake), at every size")
     parser.add_argument("--out", type=Path, default=Path("bench/results/envs.json"), help="JSON output path")
     args = parser.parse_args()
 
@@ -78,31 +83,35 @@ def main() -> None:
     for n in args.sizes:
         cases += [raw_cartpole(n), ours("gym:CartPole-v1", n), ours("puffer:memory", n), ours("puffer:maze", n), ours("puffer:snake", n)]
     cases.append(ours("gym:Acrobot-v1", args.sync_size, "gym:Acrobot-v1 (sync)"))
+    if args.only:
+        cases = [case for case in cases if case.label in args.only]
 
     console = Console(width=120)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("timing envs", total=args.rounds * len(cases))
         for _ in range(args.rounds):  # rounds interleave the rows, so a busy moment hits them all alike
             for case in cases:
-                calls, elapsed = time_steps(case.step, case.actions, args.seconds)
+                calls, elapsed, cpu = time_steps(case.step, case.actions, args.seconds)
                 case.best_us = min(case.best_us, elapsed / calls * 1e6)
+                case.best_cpu_us = min(case.best_cpu_us, cpu / calls * 1e6)
                 progress.advance(task)
 
     rows = []
     raw = {case.num_envs: case.best_us for case in cases if "(raw)" in case.label}
     table = Table(title=f"env steps/s (random actions, no policy, 1 process; best of {args.rounds} rounds)")
-    for column in ("env", "num_envs", "agent steps/s", "us / step()", "ns / agent step", "vs raw CartPole"):
+    for column in ("env", "num_envs", "agent steps/s", "per CPU-s", "us / step()", "ns / agent step", "vs raw CartPole"):
         table.add_column(column, justify="left" if column == "env" else "right", no_wrap=True)
     for case in cases:
         row = {
             "env": case.label,
             "num_envs": case.num_envs,
             "agent_steps_per_s": case.num_envs / case.best_us * 1e6,
+            "agent_steps_per_cpu_s": case.num_envs / case.best_cpu_us * 1e6,
             "us_per_step_call": case.best_us,
             "ns_per_agent_step": case.best_us / case.num_envs * 1e3,
         }
         relative = ""
-        if case.label == "gym:CartPole-v1":
+        if case.label == "gym:CartPole-v1" and case.num_envs in raw:
             row["overhead_vs_raw_us"] = case.best_us - raw[case.num_envs]
             relative = f"{row['overhead_vs_raw_us']:+.1f} us"
         rows.append(row)
@@ -110,6 +119,7 @@ def main() -> None:
             case.label,
             str(case.num_envs),
             f"{row['agent_steps_per_s'] / 1e6:.2f}M",
+            f"{row['agent_steps_per_cpu_s'] / 1e6:.2f}M",
             f"{row['us_per_step_call']:.1f}",
             f"{row['ns_per_agent_step']:.1f}",
             relative,

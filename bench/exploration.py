@@ -10,6 +10,7 @@ intervals is `puffctl ablate run bench/ablations/exploration-*.yaml`; this is it
     python bench/exploration.py snake [--seeds 1] [--steps 500000]
     python bench/exploration.py sps [--pairs e3b diayn] [--rounds 5] [--seconds 10]   # throughput cost
     python bench/exploration.py step [--sizes 256 1024] [--dim 128] [--rounds 5]   # E3B.step alone
+    python bench/exploration.py snake --arm "k4 full=train.diayn_archive=4,train.diayn_features=full"
 
 `sps` trains each pair's baseline and algorithm arms side by side in one process, in rounds of
 `--seconds` per arm whose order rotates (so machine load hits every arm alike), and reports the
@@ -43,12 +44,12 @@ from trainer.train import Trainer  # noqa: E402
 
 ARMS = {
     "maze": ("e3b", "solved", {"baseline": ["train.e3b_coef=0"], "e3b": []}),
-    "snake": ("diayn", "score", {"baseline": ["train.diayn_coef=0"], "diayn 0.01": ["train.diayn_coef=0.01"],
-                                 "diayn 0.1": ["train.diayn_coef=0.1"]}),
+    "snake": ("diayn", "score", {"baseline": ["train.diayn_coef=0"], "diayn 0.05": ["train.diayn_coef=0.05"],
+                                 "diayn 0.07": ["train.diayn_coef=0.07"]}),
 }
 SPS_PAIRS = {  # pair -> (env, profile, arms: label -> --set overrides); the first arm is the baseline
     "e3b": ("maze, hidden 128", "e3b", {"baseline": ["train.e3b_coef=0"], "e3b": [], "e3b, torch step": []}),
-    "diayn": ("snake", "diayn", {"baseline": ["train.diayn_coef=0"], "diayn 0.01": []}),
+    "diayn": ("snake", "diayn", {"baseline": ["train.diayn_coef=0"], "diayn": []}),
 }
 TORCH_STEP = "e3b, torch step"  # E3B.step on its pure-torch fallback instead of the fused csrc/ op
 
@@ -146,6 +147,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="step: numbers of envs")
     parser.add_argument("--dim", type=int, default=128, help="step: embedding width H")
     parser.add_argument("--threads", type=int, default=1, help="step: torch threads")
+    parser.add_argument("--arm", action="append", default=[], metavar="LABEL=KEY=VALUE,...",
+                        help="maze/snake: run this arm (overrides on the profile, comma-separated) instead of the "
+                             "default arms; repeatable")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     console = Console(width=140)
@@ -181,6 +185,8 @@ def main() -> None:
             table.add_row(str(envs), f"{fused:.2f}", f"{plain:.2f}", f"{plain / fused:.1f}x")
     else:
         profile, stat, arms = ARMS[args.what]
+        if args.arm:
+            arms = {label: [s for s in sets.split(",") if s] for label, _, sets in (a.partition("=") for a in args.arm)}
         table = Table(title=f"{args.what}: mean {stat} over the last {args.tail} epochs at {args.steps:,} steps")
         for column in ("arm", "seed", stat, "episodes", "SPS", "algorithm numbers"):
             table.add_column(column, justify="left" if column in ("arm", "algorithm numbers") else "right")

@@ -45,12 +45,16 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def board_draw(seeds: np.ndarray, counters: np.ndarray) -> np.ndarray:
-    """splitmix64 of (seed, counter) per board: uint64 draws that depend on nothing else."""
-    with np.errstate(over="ignore"):
-        z = seeds + (counters + np.uint64(1)) * _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+    """splitmix64 of (seed, counter) per board: uint64 draws that depend on nothing else (arrays wrap unchecked)."""
+    z = counters + np.uint64(1)
+    z *= _GOLDEN
+    z += seeds
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
 
 
 def board_seeds(seed: int, boards: int) -> np.ndarray:
@@ -116,12 +120,17 @@ class SnakeEnv(VecEnv):
         self._code = (SNAKE + self._slot).astype(np.int8)
         self._grid = np.full((self.boards, self._padded), WALL, dtype=np.int8)
         self._alias_grid()
-        self._plane_codes = np.stack([np.full(n, FOOD), np.full(n, WALL), self._code], axis=1).astype(np.int8)
-        """Per agent, the cell codes of its first three observation planes: food, wall, own body."""
-        self._seen = np.zeros((n, CHANNELS, (2 * view + 1) ** 2), dtype=np.bool_)
+        cells_seen = (2 * view + 1) ** 2
+        self._own_codes = np.repeat(self._code[:snakes], cells_seen).reshape(snakes, cells_seen)
+        """The own-body code of every view cell of a board's snakes: all agents' own planes in one compare."""
+        self._seen = np.zeros((n, CHANNELS, cells_seen), dtype=np.bool_)
         self._claims = np.full(self.boards * self._padded, -1, dtype=np.int64)
-        self._body = np.zeros((n, max_length), dtype=np.int64)
-        """Ring buffer of each snake's cells (padded flat index on its board); head at `_head`."""
+        self._ring = 1 << (max_length - 1).bit_length()
+        self._body = np.zeros((n, self._ring), dtype=np.int64)
+        """Ring buffer of each snake's cells (padded flat index on its board); head at `_head`. A power-of-two
+        ring (at least `max_length`), so positions wrap with a mask."""
+        self._ring_base = self._agents * self._ring
+        self._back = np.arange(max_length)
         self._head = np.zeros(n, dtype=np.int64)
         self._head_cell = np.zeros(n, dtype=np.int64)
         self._length = np.zeros(n, dtype=np.int64)
@@ -153,57 +162,61 @@ class SnakeEnv(VecEnv):
 
     def step(self, actions: np.ndarray) -> StepResult:
         actions = np.asarray(actions).reshape(self.num_envs)
-        flat, agents = self._flat, self._agents
+        flat, agents, ring, wrap = self._flat, self._agents, self._body.reshape(-1), self._ring - 1
         lengths = self._length.copy()
         target = self._head_cell + self._deltas[actions]
         at = self._board_base + target
-        grow = (flat[at] == FOOD) & (self._length < self.max_length)
+        grow = flat[at] == FOOD
+        grow &= self._length < self.max_length
 
-        shrink = np.flatnonzero(~grow)
-        tails = self._body[shrink, (self._head[shrink] - self._length[shrink] + 1) % self.max_length]
-        flat[self._board_base[shrink] + tails] = EMPTY
-        self._length[shrink] -= 1
+        shrink = ~grow
+        tails = (self._head - self._length + 1) & wrap
+        tails += self._ring_base
+        tails = ring[tails]
+        tails += self._board_base
+        flat[tails[shrink]] = EMPTY
+        self._length -= shrink
 
         landed = flat[at]
-        self._claims[at] = agents
-        crowded = self._claims[at] != agents
-        self._claims[at[crowded]] = -2  # mark cells claimed twice: every claimant dies
-        dead = (landed >= WALL) | (self._claims[at] == -2)
-        self._claims[at] = -1
+        claims = self._claims
+        claims[at] = agents
+        crowded = claims[at] != agents
+        claims[at[crowded]] = -2  # mark cells claimed twice: every claimant dies
+        dead = claims[at] == -2
+        dead |= landed >= WALL
+        claims[at] = -1
 
-        alive = np.flatnonzero(~dead)
-        ate = landed[alive] == FOOD
-        flat[at[alive]] = self._code[alive]
-        self._head[alive] = (self._head[alive] + 1) % self.max_length
-        self._body[alive, self._head[alive]] = target[alive]
-        self._head_cell[alive] = target[alive]
-        self._length[alive] += 1
-        eaters = alive[ate]
-        self._eaten[eaters] += 1
+        moved = ~dead
+        flat[at] = np.where(moved, self._code, landed)  # a dead snake's target keeps its code; no survivor shares it
+        self._head += moved
+        self._head &= wrap
+        np.copyto(self._head_cell, target, where=moved)
+        ring[self._ring_base + self._head] = self._head_cell
+        self._length += moved
+        ate = landed == FOOD
+        ate &= moved
+        self._eaten += ate
 
         rewards = self._rewards
-        rewards[:] = 0.0
-        rewards[eaters] = self.food_reward
+        np.multiply(ate, self.food_reward, out=rewards)
         rewards[dead] = self.death_penalty
         self._t += 1
         np.copyto(self._terminations, dead)
         np.greater_equal(self._t, self.max_steps, out=self._truncations)
-        self._truncations &= ~dead
+        self._truncations &= moved
         done = self._terminations | self._truncations
         ended, episodes = self._episodes.step(rewards, done)
         if len(ended):
-            last_heads = self._head_cell[ended]  # the dead did not move
-            final = np.empty((len(ended), self.obs_size), dtype=np.float32)
-            self._views(ended, last_heads, final)
-            self._final_obs[ended] = final
-            last_lengths = np.where(dead[ended], lengths[ended], self._length[ended])
-            for episode, score, length in zip(episodes, self._eaten[ended].tolist(), last_lengths.tolist()):
-                episode["score"] = float(score)
-                episode["snake_length"] = float(length)
+            self._views(ended, self._head_cell[ended], self._final_obs)  # the dead did not move
+            last_lengths = np.where(dead[ended], lengths[ended], self._length[ended]).astype(np.float64)
+            for episode, score, length in zip(episodes, self._eaten[ended].astype(np.float64).tolist(),
+                                              last_lengths.tolist()):
+                episode["score"], episode["snake_length"] = score, length
             self._clear(ended)
             self._t[ended] = 0
             self._eaten[ended] = 0
             self._spawn_snakes(ended)
+        eaters = np.flatnonzero(ate)
         if len(eaters):
             self._place_food(self._board[eaters])
         self._views(agents, self._head_cell, self._obs)
@@ -256,22 +269,33 @@ class SnakeEnv(VecEnv):
         self._windows = sliding_window_view(self._grid.reshape(self.boards, -1, self._stride), (side, side), axis=(1, 2))
 
     def _views(self, agents: np.ndarray, heads: np.ndarray, out: np.ndarray) -> None:
-        """Write the observations of `agents` seeing around the cells `heads` into `out` [len(agents), obs_size]."""
+        """Write the observations of `agents` seeing around the cells `heads` into their rows of `out`."""
         rows, cols = np.divmod(heads, self._stride)
         codes = self._windows[self._board[agents], rows - self.view, cols - self.view].reshape(len(agents), -1)
-        seen = self._seen if len(agents) == self.num_envs else np.empty((len(agents), CHANNELS, codes.shape[1]), np.bool_)
-        np.equal(codes[:, None, :], self._plane_codes[agents, :, None], out=seen[:, :3])
+        everyone = len(agents) == self.num_envs
+        seen = self._seen if everyone else np.empty((len(agents), CHANNELS, codes.shape[1]), np.bool_)
+        np.equal(codes, FOOD, out=seen[:, 0])
+        np.equal(codes, WALL, out=seen[:, 1])
+        if everyone:  # agents are board-major: one compare against each slot's own code
+            shape = (self.boards, self.snakes, codes.shape[1])
+            np.equal(codes.reshape(shape), self._own_codes, out=seen[:, 2].reshape(shape))
+        else:
+            np.equal(codes, self._code[agents, None], out=seen[:, 2])
         np.greater_equal(codes, SNAKE, out=seen[:, 3])
         seen[:, 3] ^= seen[:, 2]
-        out.reshape(seen.shape)[:] = seen
+        if everyone:
+            out.reshape(seen.shape)[:] = seen
+        else:
+            out[agents] = seen.reshape(len(agents), -1)
 
     def _clear(self, agents: np.ndarray) -> None:
         """Take the bodies of `agents` off their boards."""
-        back = np.arange(self.max_length)
-        owned = back < self._length[agents, None]
-        ring = (self._head[agents, None] - back) % self.max_length
-        cells = self._body[agents[:, None], ring][owned]
-        self._flat[np.repeat(self._board_base[agents], owned.sum(axis=1)) + cells] = EMPTY
+        owned = self._back < self._length[agents, None]
+        ring = (self._head[agents, None] - self._back) & (self._ring - 1)
+        ring += self._ring_base[agents, None]
+        cells = self._body.reshape(-1)[ring]
+        cells += self._board_base[agents, None]
+        self._flat[cells[owned]] = EMPTY
 
     def _spawn_snakes(self, agents: np.ndarray) -> None:
         """Respawn `agents` (sorted) as one-cell snakes on random empty cells, in agent order per board."""
@@ -287,25 +311,33 @@ class SnakeEnv(VecEnv):
     def _place(self, boards: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Write `codes` on random empty cells of `boards` (sorted; repeats place in order); return the cells.
 
-        A board's k-th item is placed in round k; within a round each board redraws (its own
-        counter) until it hits an empty cell, so the order of draws is per board and fixed.
+        As if each board placed its items one by one, each redrawing (its own counter) until it hits
+        an empty cell; done for all boards and items at once: every item draws as if the board's
+        earlier items had all hit, the hits before a board's first miss stand, and the rest try again.
         """
         placed = np.zeros(len(boards), dtype=np.int64)
-        if not len(boards):
-            return placed
-        first = np.r_[True, boards[1:] != boards[:-1]]
-        rank = np.arange(len(boards)) - np.maximum.accumulate(np.where(first, np.arange(len(boards)), 0))
+        pending = np.arange(len(boards))
         interior = np.uint64(len(self._interior))
-        for k in range(int(rank.max()) + 1):
-            pending = np.flatnonzero(rank == k)
-            while len(pending):
-                board = boards[pending]
-                draw = board_draw(self._seeds[board], self._draws[board])
-                self._draws[board] += np.uint64(1)
-                cell = self._interior[(draw % interior).astype(np.int64)]
-                free = self._grid[board, cell] == EMPTY
-                hit = pending[free]
-                self._grid[board[free], cell[free]] = codes[hit]
-                placed[hit] = cell[free]
-                pending = pending[~free]
+        while len(pending):
+            board = boards[pending]
+            first = np.ones(len(board), dtype=np.bool_)
+            np.not_equal(board[1:], board[:-1], out=first[1:])
+            starts = np.flatnonzero(first)
+            sizes = np.diff(starts, append=len(board))
+            rank = np.arange(len(board)) - np.repeat(starts, sizes)
+            draw = board_draw(self._seeds[board], self._draws[board] + rank.astype(np.uint64))
+            cell = self._interior[(draw % interior).astype(np.int64)]
+            key = board * self._padded + cell
+            order = np.argsort(key, kind="stable")
+            miss = np.zeros(len(board), dtype=np.bool_)
+            miss[order[1:]] = key[order[1:]] == key[order[:-1]]  # drawn by an earlier item of the board
+            miss |= self._flat[key] != EMPTY
+            before = np.cumsum(miss) - miss
+            before -= np.repeat(before[starts], sizes)
+            drew = before == 0  # the items up to the board's first miss drew once
+            hit = drew & ~miss
+            self._flat[key[hit]] = codes[pending[hit]]
+            placed[pending[hit]] = cell[hit]
+            self._draws[board[starts]] += np.add.reduceat(drew, starts, dtype=np.uint64)
+            pending = pending[~hit]
         return placed
