@@ -49,7 +49,11 @@ def tree_cpu(process, seen: dict[int, float]) -> float:
     keeps each process's last reading, so one that has exited still counts."""
     import psutil
 
-    for proc in [process, *process.children(recursive=True)]:
+    try:
+        family = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:  # it has exited: its last reading stands
+        family = []
+    for proc in family:
         try:
             times = proc.cpu_times()
             seen[proc.pid] = times.user + times.system
