@@ -44,9 +44,9 @@ from trainer import distributed  # noqa: E402
 DEFAULT_SETS = ["env.num_envs=128", "train.minibatch_size=2048", "train.checkpoint_interval=0"]
 
 
-def tree_cpu(process, seen: dict[int, float]) -> float:
-    """User+sys CPU seconds of a process and its children (the ranks, for torchrun) so far; `seen`
-    keeps each process's last reading, so one that has exited still counts."""
+def tree_cpu(process, seen: dict[int, float]) -> None:
+    """Record in `seen` the user+sys CPU seconds of a process and its children (the ranks, for
+    torchrun) so far: each process's last reading, so one that has exited still counts."""
     import psutil
 
     try:
@@ -59,7 +59,6 @@ def tree_cpu(process, seen: dict[int, float]) -> float:
             seen[proc.pid] = times.user + times.system
         except psutil.NoSuchProcess:
             pass
-    return sum(seen.values())
 
 
 def progress_of(path: Path) -> list[dict]:
@@ -102,15 +101,16 @@ def one_run(config: dict, ranks: int, warmup: float, workdir: Path, *, apart: in
     for process, run_dir in zip(processes, run_dirs):
         if process.returncode != 0:
             raise SystemExit(f"a {ranks}-rank run failed:\n{(run_dir / 'stderr.log').read_text()[-2000:]}")
-    sps = 0.0
+    sps, steps = 0.0, 0
     for run_dir in run_dirs:
         progress = progress_of(run_dir / "run" / "events.jsonl")
         first, last = next(event for event in progress if event["agent_steps"] >= warmup), progress[-1]
         sps += (last["agent_steps"] - first["agent_steps"]) / (last["time"] - first["time"])
+        steps += last["agent_steps"]
     (steps0, cpu0), (steps1, cpu1) = samples[0], samples[-1]
     return {"ranks": ranks, "apart": apart, "sps": sps,
             "cpu_s_per_1k_steps": 1000 * (cpu1 - cpu0) / (steps1 - steps0) if steps1 > steps0 else None,
-            "steps": sum(progress_of(run_dir / "run" / "events.jsonl")[-1]["agent_steps"] for run_dir in run_dirs)}
+            "steps": steps}
 
 
 def main() -> None:
