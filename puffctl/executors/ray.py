@@ -152,7 +152,7 @@ class RayExecutor(Executor):
             with tarfile.open(fileobj=made.data, mode="r") as tar:
                 tar.extractall(staged.name, filter="data")
             (Path(staged.name) / ENTRY_FILE).write_text(ENTRY)
-            self._working, self._source, self._package = staged, info, None
+            self._working, self._source = staged, info
         try:
             if self._package is None or not self._call(lambda: self.client._package_exists(self._package)):
                 runtime_env = {"working_dir": self._working.name}
@@ -322,10 +322,10 @@ class RayExecutor(Executor):
         runs.write_json(run_dir / runs.LAUNCH_FILE, record)
 
     def close(self) -> None:
-        """Drop the staged tree; running jobs keep running."""
+        """Drop the staged tree (a later job stages and uploads it afresh); running jobs keep running."""
         if self._working is not None:
             self._working.cleanup()
-            self._working = None
+            self._working, self._package = None, None
 
 
 def executor(where: str, storage: object, *, slots: int | None = None, per_gpu: int = 1,
