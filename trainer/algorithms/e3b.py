@@ -136,7 +136,7 @@ class E3B:
         return raw * ~first
 
     def state_dict(self) -> dict:
-        return {"c_inv": self.c_inv.clone(), "stats": self.stats.state_dict()}
+        return {"c_inv": self.c_inv if self.compiled else self.full.clone(), "stats": self.stats.state_dict()}  # c_inv: a copy either way
 
     def load_state_dict(self, state: dict) -> None:
         if self.compiled:
