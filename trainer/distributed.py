@@ -20,11 +20,14 @@ import hashlib
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 #: Set to a directory to have every rank append a hash of its parameters after each update (tests).
 HASH_ENV = "PUFFCTL_PARAM_HASHES"
+#: How often, in seconds, ranks compare their stop/report/halt flags: a signal is answered within this plus an epoch.
+AGREE_SECONDS = 0.1
 
 
 def command(world_size: int, trainer_args: list[str], python: str = sys.executable) -> list[str]:
@@ -59,6 +62,8 @@ class Group:
         self.objects = None  # gloo group for pickled objects (the default group may be NCCL)
         self.hashes: Path | None = None
         self.updates = 0
+        self.pending: list[bool] | None = None  # flags raised since the ranks last agreed
+        self.gap, self.epochs_since, self.agreed_at = 1, 0, time.perf_counter()  # agree every `gap` epochs
 
     @classmethod
     def start(cls, device_type: str) -> Group:
@@ -124,16 +129,27 @@ class Group:
         with self.hashes.open("a") as file:
             file.write(f"{self.updates} {digest.hexdigest()}\n")
 
-    def agree(self, *flags: bool) -> list[bool]:
-        """Each flag, true on any rank (one small all-reduce): ranks stop, report and halt together."""
+    def agree(self, *flags: bool, now: bool = False) -> list[bool]:
+        """Each flag, true on any rank since the ranks last agreed (one small all-reduce): ranks stop,
+        report and halt together. Called once per epoch; with several ranks they agree about every
+        AGREE_SECONDS (and whenever `now`, which must be the same on every rank): between agreements
+        every flag reads false and is kept for the next, so short epochs do not pay a collective each."""
         if self.world_size == 1:
             return list(flags)
+        self.pending = [any(pair) for pair in zip(flags, self.pending or flags)]
+        self.epochs_since += 1
+        if self.epochs_since < self.gap and not now:
+            return [False] * len(flags)
         import torch
         import torch.distributed as dist
 
-        values = torch.tensor([int(flag) for flag in flags], dtype=torch.int32)
+        clock = time.perf_counter()
+        gap = max(1, int(AGREE_SECONDS * self.epochs_since / max(clock - self.agreed_at, 1e-9)))
+        values = torch.tensor([*map(int, self.pending), gap], dtype=torch.int64)
         dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.objects)
-        return [bool(value) for value in values.tolist()]
+        *agreed, self.gap = values.tolist()
+        self.pending, self.epochs_since, self.agreed_at = None, 0, clock
+        return [bool(value) for value in agreed]
 
     def minimum(self, value: int) -> int:
         """The smallest `value` over the ranks (so every rank runs as many minibatches)."""

@@ -192,8 +192,13 @@ class Policy(nn.Module):
         return hidden, state
 
     def heads(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """(head params, values) of an embedding, float32."""
-        return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float()
+        """(head params, values) of an embedding, float32. Both heads are one matmul over their
+        stacked weights (the parameters stay the two layers'): on CPU, two skinny matmuls and the sum
+        of their input gradients took a fifth of the MLP's training phase."""
+        weight = torch.cat([self.actor.linear.weight, self.critic.weight])
+        bias = torch.cat([self.actor.linear.bias, self.critic.bias])
+        out = nn.functional.linear(hidden, weight, bias).float()
+        return out[..., :-1], out[..., -1]
 
     def step(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
         """One step for N envs: obs [N, obs_size] -> (head params, values [N], new state)."""
@@ -205,8 +210,8 @@ class Policy(nn.Module):
         The LSTM runs time-major: only the small obs and outputs are transposed, never the
         [B, T, hidden] activations (two copies each way, forward and backward)."""
         if self.lstm is None:
-            hidden = self.encoder(obs)
-            return self.actor(hidden).float(), self.critic(hidden).squeeze(-1).float()
+            return self.heads(self.encoder(obs))
         h, c = state
         hidden, _ = self.lstm(self.encoder(obs.transpose(0, 1)), (h.unsqueeze(0), c.unsqueeze(0)))
-        return self.actor(hidden).transpose(0, 1).float(), self.critic(hidden).squeeze(-1).transpose(0, 1).float()
+        params, values = self.heads(hidden)
+        return params.transpose(0, 1), values.transpose(0, 1)

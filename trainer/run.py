@@ -203,7 +203,7 @@ class Run:
             events.message("warning", f"{source['patch_note']}: `puffctl runs checkout` cannot restore this run's code")
         profiler.mark(trainer.epoch, trainer.agent_steps)
         window, last_env, losses = Window(), {}, {key: None for key in loss_keys}
-        watchdog, halt_on = Watchdog(config["watchdog"]), set(config["train"]["halt_on"])
+        watchdog, halt_on, halting = Watchdog(config["watchdog"]), set(config["train"]["halt_on"]), []
         last_progress = time.perf_counter()
         while trainer.agent_steps < total_steps:
             window.add(trainer.evaluate())
@@ -214,12 +214,13 @@ class Run:
             for alarm in alarms:
                 if alarm.name not in halt_on:
                     events.message("warning", f"watchdog {alarm.name}: {alarm.text}")
-            halting = [alarm for alarm in alarms if alarm.name in halt_on]
+            halting = [alarm for alarm in alarms if alarm.name in halt_on] or halting  # kept until the ranks agree
             done = trainer.agent_steps >= total_steps
             now = time.perf_counter()
             # every rank takes the same branches: a signal to any rank stops them all
             stopping, reporting, halt = group.agree(self.stop_signal is not None,
-                                                    done or now - last_progress >= progress_interval, bool(halting))
+                                                    done or now - last_progress >= progress_interval, bool(halting),
+                                                    now=done)
             if halt:
                 self._checkpoint(trainer)
                 losses, env, _ = self._reduce(losses, window, profiler)

@@ -236,8 +236,9 @@ class Trainer:
         self.optimizer.set_lr(learning_rate(cfg, scheduled, self.total_epochs))
         beta = sampler.beta_at(scheduled / max(self.total_epochs - 1, 1), cfg["prio_beta0"])
         minibatch_rows = cfg["minibatch_size"] // self.horizon
-        # the same count on every rank (after a resume on more ranks, only some hold retained rows)
-        num_minibatches = self.group.minimum(cfg["update_epochs"] * experience.rows // minibatch_rows)
+        num_minibatches = cfg["update_epochs"] * experience.rows // minibatch_rows
+        if experience.capacity > experience.segments:  # the same count on every rank: after a resume on more
+            num_minibatches = self.group.minimum(num_minibatches)  # ranks, only some hold retained rows
         values = experience.values[:experience.rows]
         importance = experience.start_phase()
         totals = {key: torch.zeros((), device=self.device) for key in (*LOSS_KEYS[:-1], "grad_norm")}

@@ -124,3 +124,43 @@ def test_the_box_command_starts_torchrun_and_needs_a_gpu_per_rank(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --nproc 4 needs a GPU per rank: --gpu 0,1 lists 2"
+
+
+def _agree_rank(rank: int, port: int, out: str) -> None:
+    """Rank `rank` of a 2-rank gloo group: 300 short 'epochs' of `Group.agree`; rank 1 raises a flag
+    at epoch 37, both raise one on the last epoch (with `now`). Writes what it saw and its all-reduces."""
+    import torch.distributed as dist
+
+    from trainer.distributed import Group
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    group = Group.start("cpu")
+    reduces, all_reduce = [], dist.all_reduce
+    dist.all_reduce = lambda *args, **kwargs: reduces.append(1) or all_reduce(*args, **kwargs)
+    seen = []
+    for epoch in range(300):
+        time.sleep(0.002)
+        last = epoch == 299
+        raised = (rank == 1 and epoch == 37) or last
+        if any(flags := group.agree(raised, False, now=last)):
+            seen.append([epoch, *flags])
+    group.close()
+    Path(out, f"{rank}.json").write_text(json.dumps({"seen": seen, "reduces": len(reduces)}))
+
+
+def test_ranks_agree_every_tenth_of_a_second_and_keep_a_flag_until_they_do(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_agree_rank, args=(port, str(tmp_path)), nprocs=2)
+    rank0, rank1 = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
+    assert rank0["seen"] == rank1["seen"]  # the same flags at the same epochs on both ranks
+    (flag_epoch, stop, report), last = rank0["seen"]
+    assert flag_epoch >= 37 and stop and not report  # rank 1's flag, kept until the ranks agreed
+    assert last == [299, True, False]  # `now` agrees at once
+    # ~2 ms epochs: about one all-reduce per 0.1 s (~50 epochs), not one per epoch
+    assert rank0["reduces"] == rank1["reduces"] and 3 <= rank0["reduces"] <= 60

@@ -87,3 +87,23 @@ def test_narrow_input_linear_is_nn_linear_with_a_more_exact_weight_gradient():
     assert out.dtype == torch.bfloat16 and narrow.weight.grad.dtype == torch.float32
     with torch.inference_mode():
         assert torch.allclose(narrow(x.float()), reference(x).float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["discrete", "box"])
+def test_the_fused_heads_are_the_two_layers(name):
+    """heads() runs actor and critic as one matmul: the same outputs and parameter gradients as
+    the two layers applied one by one, and the state_dict keeps the two layers."""
+    torch.manual_seed(0)
+    policy = Policy(5, SPACES[name][0], hidden_size=16)
+    hidden = torch.randn(32, 16)
+    params, values = policy.heads(hidden)
+    alone = policy.actor(hidden), policy.critic(hidden).squeeze(-1)
+    assert torch.allclose(params, alone[0], atol=1e-6) and torch.allclose(values, alone[1], atol=1e-6)
+    grads = []
+    for outputs in ((params, values), alone):
+        policy.zero_grad()
+        (outputs[0].square().sum() + 3 * outputs[1].sum()).backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in (policy.actor.linear.weight, policy.actor.linear.bias,
+                                               policy.critic.weight, policy.critic.bias)])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
+    assert {"actor.linear.weight", "critic.weight"} <= set(policy.state_dict())
