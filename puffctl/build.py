@@ -25,9 +25,11 @@ from puffctl.errors import PuffctlError
 DEFAULT_CUDA_ARCHS = ("8.0", "8.6", "8.9", "9.0")
 MAX_ERROR_LINES = 40
 # The kernels, and the torch bindings (which alone see -DPUFFCTL_WITH_CUDA in a cuda build).
-CPU_SOURCES = ("advantage_cpu.cpp", "e3b_cpu.cpp")
+CPU_SOURCES = ("advantage_cpu.cpp", "e3b_cpu.cpp", "gelu_ops.cpp")  # gelu: CPU only, its binding included
 CUDA_SOURCES = ("advantage_cuda.cu", "e3b_cuda.cu")
 OPS_SOURCES = ("advantage_ops.cpp", "e3b_ops.cpp")
+# Flags one source needs: the GELU loops vectorize only when float compares may not trap.
+SOURCE_FLAGS = {"gelu_ops.cpp": ["-fno-trapping-math", "-fno-math-errno"]}
 
 
 @dataclass
@@ -126,7 +128,7 @@ def plan(flavor: str, csrc: Path, out_dir: Path) -> tuple[list[Step], Step]:
     libs += [f"-l:{torch_omp[0].name}"] if torch_omp else ["-fopenmp"]
 
     def cxx_step(source: str, extra: list[str]) -> Step:
-        return Step(f"c++ {source}", [cxx, *cxx_flags, *extra, "-c", str(csrc / source),
+        return Step(f"c++ {source}", [cxx, *cxx_flags, *SOURCE_FLAGS.get(source, []), *extra, "-c", str(csrc / source),
                                       "-o", str(out_dir / Path(source).with_suffix(".o").name)])
 
     ops_flags: list[str] = []

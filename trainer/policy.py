@@ -17,7 +17,39 @@ from torch import Tensor, nn
 
 State = tuple[Tensor, Tensor] | None
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class _CompiledGELU(torch.autograd.Function):
+    """torch's exact GELU through the csrc ops puffctl::gelu and gelu_backward (float32 on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.ops.puffctl.gelu(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.ops.puffctl.gelu_backward(grad, x)
+
+
+class GELU(nn.GELU):
+    """nn.GELU that runs the compiled kernels on float32 CPU tensors when the csrc/ extension is
+    built (its backward took three times its forward in torch: csrc/gelu_ops.cpp); torch's otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from trainer import extension
+
+        self.compiled = extension.use_compiled(torch.device("cpu"), "auto", "GELU")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.compiled and x.dtype == torch.float32 and x.device.type == "cpu":
+            return _CompiledGELU.apply(x)
+        return super().forward(x)
+
+
+ACTIVATIONS = {"gelu": GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 class _NarrowInputLinear(torch.autograd.Function):

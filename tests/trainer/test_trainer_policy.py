@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from trainer.policy import NarrowInputLinear, Policy
+from trainer.policy import GELU, NarrowInputLinear, Policy
 
 SPACES = {
     "discrete": (spaces.Discrete(3), (), torch.int64),
@@ -107,3 +107,25 @@ def test_the_fused_heads_are_the_two_layers(name):
                                                policy.critic.weight, policy.critic.bias)])
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
     assert {"actor.linear.weight", "critic.weight"} <= set(policy.state_dict())
+
+
+@pytest.mark.usefixtures("compiled_ops")
+def test_the_compiled_gelu_is_torchs_gelu():
+    """csrc/gelu_ops.cpp against torch's exact GELU in float64: values and gradients within float32's
+    rounding over the whole range (the tails, huge and tiny inputs), NaN kept, any layout."""
+    gelu = GELU()
+    assert gelu.compiled
+    x = torch.cat([torch.linspace(-12, 12, 200001), torch.tensor([0.0, 1e-8, -1e-8, 50.0, -50.0, 1e30, -1e30])])
+    x = x.requires_grad_()
+    grad = torch.rand_like(x)
+    gelu(x).backward(grad)
+    ours = x.grad.clone()
+    x.grad = None
+    reference = torch.nn.functional.gelu(x.double())
+    reference.backward(grad.double())
+    assert (gelu(x).double() - reference).abs().max() < 6e-7
+    assert (ours.double() - x.grad).abs().max() < 6e-7
+    assert torch.isnan(gelu(torch.tensor([float("nan"), 1.0]))).tolist() == [True, False]
+    wide = torch.randn(6, 10)
+    assert torch.allclose(gelu(wide.t()), torch.nn.functional.gelu(wide.t()), atol=6e-7)  # not contiguous
+    assert torch.equal(gelu(wide.double()), torch.nn.functional.gelu(wide.double()))  # torch's own off float32
