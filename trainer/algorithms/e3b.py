@@ -145,15 +145,18 @@ class E3B:
         phi = phi.detach().to(self.eye.dtype)
         episode = first.cumsum(1)  # 0: the episode carried in from the last segment, k: the k-th started here
         # rows phi_t A: A = the carried C_inv for the carried episode, I / ridge for episodes started here
-        scaled = torch.where((episode == 0)[..., None], torch.bmm(phi, self.full), phi / self.ridge)
-        # steps of different episodes do not interact: I + G is block-diagonal, and so is its Cholesky factor
-        gram = torch.bmm(scaled, phi.mT).double() * (episode[:, :, None] == episode[:, None, :])
+        scaled = torch.where((episode == 0)[..., None], torch.bmm(phi, self.full), phi * (1.0 / self.ridge))
+        # steps of different episodes do not interact: I + G is block-diagonal, and so are L and L^-1
+        gram = torch.bmm(scaled, phi.mT).masked_fill_(episode[:, :, None] != episode[:, None, :], 0.0).double()
         gram.diagonal(dim1=1, dim2=2).add_(1.0)
         factor = torch.linalg.cholesky(gram)  # float64: diag^2 - 1 cancels where the bonus is small
         raw = (factor.diagonal(dim1=1, dim2=2).square() - 1.0).to(phi.dtype) * ~first
         # the last episode's steps join its starting C_inv: C_inv = A - W^T W, W = L^-1 (Phi A) on its rows
-        last = (episode == episode[:, -1:])[..., None]
-        w = torch.linalg.solve_triangular(factor, (scaled * last).double(), upper=False).to(phi.dtype)
+        # (L^-1 as a T x T solve, then one GEMM: a solve against the [T, H] rows directly is slower on CPUs)
+        last = episode == episode[:, -1:]
+        inverse = torch.linalg.solve_triangular(factor, torch.eye(phi.shape[1], dtype=factor.dtype, device=factor.device)
+                                                .expand_as(factor), upper=False)
+        w = torch.bmm((inverse * last[:, None, :]).to(phi.dtype), scaled)
         self.full[first.any(1)] = self.eye
         self.full.baddbmm_(w.mT, w, alpha=-1.0)
         self.last_raw = raw
