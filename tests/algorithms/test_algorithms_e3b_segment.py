@@ -25,11 +25,11 @@ def segment_resets(segments: int, envs: int, horizon: int, seed: int) -> np.ndar
     return first
 
 
-def run_both(phis: np.ndarray, first: np.ndarray, **kwargs):
+def run_both(phis: np.ndarray, first: np.ndarray, block: int = 32, **kwargs):
     """Feed the same data segment by segment to `E3B.segment` and step by step to `E3B.step`;
     yield each segment's (segment bonuses, step bonuses, the two E3Bs)."""
     segments, envs, horizon, dim = phis.shape
-    batched = E3B(envs, dim, batch="segment", **kwargs)
+    batched = E3B(envs, dim, batch="segment", block=block, **kwargs)
     stepped = E3B(envs, dim, backend="torch", **kwargs)
     dtype = batched.eye.dtype
     for s in range(segments):
@@ -38,11 +38,12 @@ def run_both(phis: np.ndarray, first: np.ndarray, **kwargs):
         yield batched.segment(phi, f), by_step, batched, stepped
 
 
-def test_segment_bonuses_and_matrices_equal_the_step_path_at_the_profiles_width():
+@pytest.mark.parametrize("block", [5, 32])  # Cholesky blocks inside a segment (5: with a shorter last one), or one
+def test_segment_bonuses_and_matrices_equal_the_step_path_at_the_profiles_width(block):
     segments, envs, horizon, dim = 8, 6, 16, 128
     phis = np.tanh(np.random.default_rng(0).standard_normal((segments, envs, horizon, dim))) * 0.8
     first = segment_resets(segments, envs, horizon, seed=0)
-    for batched_bonus, step_bonus, batched, stepped in run_both(phis, first, norm=False):
+    for batched_bonus, step_bonus, batched, stepped in run_both(phis, first, norm=False, block=block):
         torch.testing.assert_close(batched_bonus, step_bonus, rtol=1e-4, atol=2e-4)
         scale = stepped.c_inv.abs().amax(dim=(1, 2), keepdim=True)
         torch.testing.assert_close(batched.c_inv / scale, stepped.c_inv / scale, rtol=0, atol=1e-5)
@@ -56,7 +57,7 @@ def test_segment_bonus_and_matrix_equal_the_direct_inverse():
     first = segment_resets(segments, envs, horizon, seed=1)
     steps_phi = phis.transpose(1, 0, 2, 3).reshape(envs, -1, dim)  # [envs, all steps, dim]
     steps_first = first.transpose(1, 0, 2).reshape(envs, -1)
-    runs = run_both(phis, first, ridge=ridge, norm=False, dtype=torch.float64)
+    runs = run_both(phis, first, block=3, ridge=ridge, norm=False, dtype=torch.float64)
     for s, (bonus, _, batched, _) in enumerate(runs):
         for env in range(envs):
             for t in range(horizon):

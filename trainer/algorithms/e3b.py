@@ -81,11 +81,12 @@ def tile_layout(dim: int, device: torch.device) -> tuple[tuple[Tensor, Tensor, T
 
 
 class E3B:
-    """Per-env elliptical bonus: `step(phi, first)` gives each env's intrinsic reward for its new observation."""
+    """Per-env elliptical bonus: `step(phi, first)` gives each env's intrinsic reward for its new observation;
+    with `batch="segment"`, `segment(phis, firsts)` gives a whole collected segment's at once."""
 
     def __init__(self, num_envs: int, dim: int, *, ridge: float = 0.1, coef: float = 1.0, decay: float | None = None,
                  norm: bool = True, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 backend: str = "auto", batch: str = "step") -> None:
+                 backend: str = "auto", batch: str = "step", block: int = 32) -> None:
         if ridge <= 0:
             raise ValueError(f"e3b ridge must be > 0, got {ridge}")
         if decay is not None and not 0 < decay <= 1:
@@ -96,6 +97,7 @@ class E3B:
             raise ValueError("e3b batch 'segment' has no decay variant: the decayed covariance needs batch 'step'")
         self.num_envs, self.dim, self.ridge, self.coef, self.decay, self.norm = num_envs, dim, ridge, coef, decay, norm
         self.batch = batch
+        self.block = block  # steps per Cholesky in `segment`: its T x T work grows as block^3, its C_inv traffic as 1/block
         self.eye = torch.eye(dim, device=device, dtype=dtype) / ridge
         self.stats = RunningStd()
         self.last_raw = torch.zeros(num_envs, device=device, dtype=dtype)
@@ -143,9 +145,18 @@ class E3B:
         if self.batch != "segment":
             raise RuntimeError("E3B.segment needs E3B(..., batch='segment')")
         phi = phi.detach().to(self.eye.dtype)
+        raw = torch.cat([self._block(phi[:, t:t + self.block], first[:, t:t + self.block])
+                         for t in range(0, phi.shape[1], self.block)], dim=1)
+        self.last_raw = raw
+        return self._scale(raw, first)
+
+    def _block(self, phi: Tensor, first: Tensor) -> Tensor:
+        """Raw bonuses [num_envs, T] of T consecutive steps, and C_inv moved past them."""
         episode = first.cumsum(1)  # 0: the episode carried in from the last segment, k: the k-th started here
         # rows phi_t A: A = the carried C_inv for the carried episode, I / ridge for episodes started here
-        scaled = torch.where((episode == 0)[..., None], torch.bmm(phi, self.full), phi * (1.0 / self.ridge))
+        scaled = torch.bmm(phi, self.full)
+        fresh = episode > 0
+        scaled[fresh] = phi[fresh] * (1.0 / self.ridge)  # (indexing: torch.where over all rows is slower on CPUs)
         # steps of different episodes do not interact: I + G is block-diagonal, and so are L and L^-1
         gram = torch.bmm(scaled, phi.mT).masked_fill_(episode[:, :, None] != episode[:, None, :], 0.0).double()
         gram.diagonal(dim1=1, dim2=2).add_(1.0)
@@ -159,8 +170,7 @@ class E3B:
         w = torch.bmm((inverse * last[:, None, :]).to(phi.dtype), scaled)
         self.full[first.any(1)] = self.eye
         self.full.baddbmm_(w.mT, w, alpha=-1.0)
-        self.last_raw = raw
-        return self._scale(raw, first)
+        return raw
 
     def _scale(self, raw: Tensor, first: Tensor) -> Tensor:
         if not self.norm:
