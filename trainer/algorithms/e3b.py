@@ -11,8 +11,8 @@ reset but decayed, `C <- decay C + phi phi^T` (the variant first streamed).
 The same bonuses come out of a whole collected segment at once (`E3B.segment`, the default
 without decay): by Woodbury, step t's bonus is `G_tt - g^T (I + G_<t)^-1 g` with
 `G = Phi C0_inv Phi^T` over the segment's embeddings, which is `L_tt^2 - 1` for
-`L = cholesky(I + G)`; so each env's `C_inv` is read and written once per segment, in batched
-GEMMs, instead of once per step.
+`L = cholesky(I + G)`; so each env's `C_inv` is read and written once per block of steps
+(32), in batched GEMMs, instead of once per step.
 
 The raw bonus starts near `|phi|^2 / ridge`, large enough to swamp the value loss, so the
 intrinsic reward is `coef * b / running_std(b)` (`norm`), and it joins the reward only.
@@ -97,7 +97,7 @@ class E3B:
             raise ValueError("e3b batch 'segment' has no decay variant: the decayed covariance needs batch 'step'")
         self.num_envs, self.dim, self.ridge, self.coef, self.decay, self.norm = num_envs, dim, ridge, coef, decay, norm
         self.batch = batch
-        self.block = block  # steps per Cholesky in `segment`: its T x T work grows as block^3, its C_inv traffic as 1/block
+        self.block = block  # steps per Cholesky in `segment`: T x T work grows as block^3, C_inv traffic as 1/block
         self.eye = torch.eye(dim, device=device, dtype=dtype) / ridge
         self.stats = RunningStd()
         self.last_raw = torch.zeros(num_envs, device=device, dtype=dtype)
@@ -140,7 +140,7 @@ class E3B:
     @torch.no_grad()
     def segment(self, phi: Tensor, first: Tensor) -> Tensor:
         """Intrinsic rewards [num_envs, T] for a whole segment of embeddings `phi` [num_envs, T, H]
-        (`first` [num_envs, T] bool): the bonuses of T calls of `step`, C_inv read and written once.
+        (`first` [num_envs, T] bool): the bonuses of T calls of `step`, C_inv read and written once per `block` steps.
         With `norm`, the running std takes the whole segment's bonuses before any of them is scaled."""
         if self.batch != "segment":
             raise RuntimeError("E3B.segment needs E3B(..., batch='segment')")
@@ -165,8 +165,8 @@ class E3B:
         # the last episode's steps join its starting C_inv: C_inv = A - W^T W, W = L^-1 (Phi A) on its rows
         # (L^-1 as a T x T solve, then one GEMM: a solve against the [T, H] rows directly is slower on CPUs)
         last = episode == episode[:, -1:]
-        inverse = torch.linalg.solve_triangular(factor, torch.eye(phi.shape[1], dtype=factor.dtype, device=factor.device)
-                                                .expand_as(factor), upper=False)
+        eye = torch.eye(phi.shape[1], dtype=factor.dtype, device=factor.device).expand_as(factor)
+        inverse = torch.linalg.solve_triangular(factor, eye, upper=False)
         w = torch.bmm((inverse * last[:, None, :]).to(phi.dtype), scaled)
         self.full[first.any(1)] = self.eye
         self.full.baddbmm_(w.mT, w, alpha=-1.0)
