@@ -9,15 +9,17 @@ intervals is `puffctl ablate run bench/ablations/exploration-*.yaml`; this is it
     python bench/exploration.py maze [--seeds 1 2] [--steps 1000000]
     python bench/exploration.py snake [--seeds 1] [--steps 500000]
     python bench/exploration.py sps [--pairs e3b diayn] [--rounds 5] [--seconds 10]   # throughput cost
-    python bench/exploration.py step [--sizes 256 1024] [--dim 128] [--rounds 5]   # E3B.step alone
+    python bench/exploration.py step [--sizes 256 1024] [--dim 128] [--horizon 64] [--rounds 5]   # E3B alone
     python bench/exploration.py snake --arm "k4 full=train.diayn_archive=4,train.diayn_features=full"
 
 `sps` trains each pair's baseline and algorithm arms side by side in one process, in rounds of
 `--seconds` per arm whose order rotates (so machine load hits every arm alike), and reports the
 median over rounds of 1 - sps_arm / sps_baseline, by wall clock and by the process's CPU time
-(steadier on a shared machine). The e3b pair has a third arm, E3B.step on its pure-torch fallback.
-`step` times E3B.step alone, the fused csrc/ op against the pure-torch step, also in alternating
-rounds (medians of ms per step).
+(steadier on a shared machine). The e3b pair's arms: the default (bonuses once per collected segment)
+and `train.e3b_batch=step` (the fused csrc/ op every step).
+`step` times E3B alone over the same `--horizon` steps, in alternating rounds (medians of ms per
+step, wall clock and CPU time): `E3B.segment` once, the fused csrc/ op `E3B.step` per step, and
+the pure-torch `E3B.step` per step.
 
 Prints a table and writes JSON (bench/results/exploration-<what>.json unless --out).
 """
@@ -48,10 +50,9 @@ ARMS = {
                                  "diayn 0.07": ["train.diayn_coef=0.07"]}),
 }
 SPS_PAIRS = {  # pair -> (env, profile, arms: label -> --set overrides); the first arm is the baseline
-    "e3b": ("maze, hidden 128", "e3b", {"baseline": ["train.e3b_coef=0"], "e3b": [], "e3b, torch step": []}),
+    "e3b": ("maze, hidden 128", "e3b", {"baseline": ["train.e3b_coef=0"], "e3b": [], "e3b per step": ["train.e3b_batch=step"]}),
     "diayn": ("snake", "diayn", {"baseline": ["train.diayn_coef=0"], "diayn": []}),
 }
-TORCH_STEP = "e3b, torch step"  # E3B.step on its pure-torch fallback instead of the fused csrc/ op
 
 
 def trainer_for(profile: str, sets: list[str], seed: int, steps: int | None) -> Trainer:
@@ -89,13 +90,7 @@ def epochs_for(trainer: Trainer, seconds: float) -> tuple[int, float, float]:
 def sps_arms(profile: str, arms: dict[str, list[str]], rounds: int, seconds: float) -> dict:
     """Every arm's trainer, in rounds whose order rotates, after one warm-up epoch each; per-round SPS
     (wall clock and per CPU second) and each arm's cost against the first arm, round by round."""
-    from trainer.algorithms.e3b import E3B
-
     trainers = {label: trainer_for(profile, sets, 1, None) for label, sets in arms.items()}
-    if TORCH_STEP in trainers:
-        old = trainers[TORCH_STEP].algorithm.bonus
-        trainers[TORCH_STEP].algorithm.bonus = E3B(old.num_envs, old.dim, ridge=old.ridge, coef=old.coef,
-                                                   decay=old.decay, norm=old.norm, backend="torch")
     for trainer in trainers.values():
         trainer.evaluate(), trainer.train()
     sps: dict[str, list[float]] = {label: [] for label in trainers}
@@ -116,21 +111,34 @@ def sps_arms(profile: str, arms: dict[str, list[str]], rounds: int, seconds: flo
             "median_cpu_cost": {label: statistics.median(c) for label, c in cpu_costs.items()}}
 
 
-def step_times(envs: int, dim: int, rounds: int, steps: int) -> dict[str, list[float]]:
-    """ms per E3B.step (normalised bonus, resets at ~1/64 of the steps) for the fused op and the torch step."""
+STEP_ARMS = ("segment", "fused step", "torch step")
+
+
+def step_times(envs: int, dim: int, horizon: int, rounds: int, segments: int) -> dict[str, dict[str, list[float]]]:
+    """ms per step (wall clock and CPU time) of E3B over `segments` segments of `horizon` steps (normalised
+    bonus, resets at ~1/64 of the steps): `E3B.segment` once per segment, and `E3B.step` per step on the
+    fused op and on the torch math."""
     from trainer.algorithms.e3b import E3B
 
     gen = torch.Generator().manual_seed(0)
-    phis = torch.tanh(torch.randn(steps, envs, dim, generator=gen))
-    firsts = torch.rand(steps, envs, generator=gen) < 1 / 64
-    bonuses = {backend: E3B(envs, dim, backend=backend) for backend in ("compiled", "torch")}
-    times: dict[str, list[float]] = {backend: [] for backend in bonuses}
+    phis = torch.tanh(torch.randn(segments, envs, horizon, dim, generator=gen))
+    firsts = torch.rand(segments, envs, horizon, generator=gen) < 1 / 64
+    bonuses = {"segment": E3B(envs, dim, batch="segment"), "fused step": E3B(envs, dim, backend="compiled"),
+               "torch step": E3B(envs, dim, backend="torch")}
+    times: dict[str, dict[str, list[float]]] = {arm: {"wall": [], "cpu": []} for arm in STEP_ARMS}
     for round_ in range(rounds):
-        for backend in (bonuses if round_ % 2 == 0 else reversed(bonuses)):
-            start = time.perf_counter()
-            for t in range(steps):
-                bonuses[backend].step(phis[t], firsts[t])
-            times[backend].append(1e3 * (time.perf_counter() - start) / steps)
+        for arm in STEP_ARMS[round_ % 3:] + STEP_ARMS[:round_ % 3]:
+            bonus = bonuses[arm]
+            start, cpu = time.perf_counter(), time.process_time()
+            for phi, first in zip(phis, firsts):
+                if arm == "segment":
+                    bonus.segment(phi, first)
+                else:
+                    for t in range(horizon):
+                        bonus.step(phi[:, t], first[:, t])
+            steps = segments * horizon
+            times[arm]["wall"].append(1e3 * (time.perf_counter() - start) / steps)
+            times[arm]["cpu"].append(1e3 * (time.process_time() - cpu) / steps)
     return times
 
 
@@ -146,6 +154,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="sps: seconds per arm per round")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="step: numbers of envs")
     parser.add_argument("--dim", type=int, default=128, help="step: embedding width H")
+    parser.add_argument("--horizon", type=int, default=64, help="step: segment length T (the profile's bptt_horizon)")
     parser.add_argument("--threads", type=int, default=1, help="step: torch threads")
     parser.add_argument("--arm", action="append", default=[], metavar="LABEL=KEY=VALUE,...",
                         help="maze/snake: run this arm (overrides on the profile, comma-separated) instead of the "
@@ -174,15 +183,19 @@ def main() -> None:
                               "" if cost is None else f"{100 * result['median_cpu_cost'][arm]:.1f}%")
     elif args.what == "step":
         torch.set_num_threads(args.threads)
-        table = Table(title=f"E3B.step alone, H={args.dim}, {args.threads} thread(s), median of {args.rounds} rounds")
-        for column in ("envs", "fused op, ms/step", "torch, ms/step", "speed-up"):
-            table.add_column(column, justify="right")
+        table = Table(title=f"E3B alone, H={args.dim}, T={args.horizon}, {args.threads} thread(s), "
+                            f"ms per step, median of {args.rounds} rounds (wall / CPU time)")
+        table.add_column("envs", justify="right")
+        for arm in STEP_ARMS:
+            table.add_column(arm, justify="right")
+        table.add_column("fused step / segment (CPU)", justify="right")
         report["step"] = {}
         for envs in args.sizes:
-            times = step_times(envs, args.dim, args.rounds, steps=max(10, 5120 // envs))
-            fused, plain = statistics.median(times["compiled"]), statistics.median(times["torch"])
+            times = step_times(envs, args.dim, args.horizon, args.rounds, segments=max(2, 8192 // (envs * args.horizon)))
             report["step"][envs] = times
-            table.add_row(str(envs), f"{fused:.2f}", f"{plain:.2f}", f"{plain / fused:.1f}x")
+            cpu = {arm: statistics.median(times[arm]["cpu"]) for arm in STEP_ARMS}
+            table.add_row(str(envs), *(f"{statistics.median(times[arm]['wall']):.2f} / {cpu[arm]:.2f}" for arm in STEP_ARMS),
+                          f"{cpu['fused step'] / cpu['segment']:.1f}x")
     else:
         profile, stat, arms = ARMS[args.what]
         if args.arm:

@@ -98,6 +98,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "e3b_decay": Key("float", None, "E3B: decay the covariance each step (C <- decay C + phi phi^T, as first "
                          "streamed) instead of resetting it per episode; null = reset", nullable=True, min=0,
                          max=1, min_exclusive=True),
+        "e3b_batch": Key("str", "auto", "E3B: compute the bonuses once per collected segment (batched GEMMs) or "
+                         "every step; auto = segment, or step with e3b_decay (which has no segment form)",
+                         choices=("auto", "segment", "step")),
         "e3b_norm": Key("bool", True, "E3B: divide the bonus by its running std before e3b_coef"),
         "e3b_embedding": Key("str", "hidden", "E3B: embed with the policy's hidden state (detached) or an "
                              "inverse-dynamics encoder trained with its own loss",
@@ -251,6 +254,9 @@ def _check_combinations(config: dict) -> None:
     if train["diayn_mode"] == "reward" and train["diayn_features"] != "taken":
         raise ConfigError("train.diayn_mode=reward reads the stored taken-action log-probs: "
                           f"train.diayn_features={train['diayn_features']} must be taken")
+    if train["e3b_batch"] == "segment" and train["e3b_decay"] is not None:
+        raise ConfigError("train.e3b_batch=segment has no decay variant: with train.e3b_decay set, "
+                          "use train.e3b_batch=step (or auto)")
     if segments % num_envs:
         raise ConfigError(
             f"train.batch_size={batch} / train.bptt_horizon={horizon} gives {segments} segments, "

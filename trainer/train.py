@@ -181,6 +181,7 @@ class Trainer:
                         result = self.envs.step(env_actions)
                     self._receive(result, rows)
                     episodes.extend(result.episodes)
+                algorithm.end_segment(rows)
             with profile.evaluate_forward:
                 obs = algorithm.policy_inputs(torch.from_numpy(self.next_obs).to(self.device), rows, None)
                 _, values, _ = policy.step(obs, self.state)

@@ -84,6 +84,10 @@ class Algorithm:
         embedding of them (detached). Returns the rewards to store."""
         return rewards
 
+    def end_segment(self, rows: slice) -> None:
+        """After a row block's last step: `rows` of the buffer now hold whole segments (every
+        column's obs and stored rewards), e.g. for rewards computed over a segment at once."""
+
     def loss(self, batch: Minibatch, out: Outputs) -> Tensor | None:
         """An extra loss term for this minibatch (added as is), or None."""
         return None
@@ -127,6 +131,10 @@ class Stack(Algorithm):
         for algorithm in self.algorithms:
             rewards = algorithm.shape_rewards(rewards, first, hidden, rows)
         return rewards
+
+    def end_segment(self, rows: slice) -> None:
+        for algorithm in self.algorithms:
+            algorithm.end_segment(rows)
 
     def loss(self, batch: Minibatch, out: Outputs) -> Tensor | None:
         terms = [term for a in self.algorithms if (term := a.loss(batch, out)) is not None]

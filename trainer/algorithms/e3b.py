@@ -8,6 +8,12 @@ On an episode's first step `C_inv` is reset (the ridge is added once, here) and 
 the agent did not act its way into a reset state. With `decay` set, the covariance is never
 reset but decayed, `C <- decay C + phi phi^T` (the variant first streamed).
 
+The same bonuses come out of a whole collected segment at once (`E3B.segment`, the default
+without decay): by Woodbury, step t's bonus is `G_tt - g^T (I + G_<t)^-1 g` with
+`G = Phi C0_inv Phi^T` over the segment's embeddings, which is `L_tt^2 - 1` for
+`L = cholesky(I + G)`; so each env's `C_inv` is read and written once per block of steps
+(32), in batched GEMMs, instead of once per step.
+
 The raw bonus starts near `|phi|^2 / ridge`, large enough to swamp the value loss, so the
 intrinsic reward is `coef * b / running_std(b)` (`norm`), and it joins the reward only.
 The embedding is the policy's hidden state, detached, or `InverseDynamics`' encoder (the
@@ -59,6 +65,7 @@ class RunningStd:
 
 
 TILE = 8  # csrc/e3b.h kTile
+BATCHES = ("step", "segment")  # bonuses computed every step, or once per collected segment
 
 
 def tile_layout(dim: int, device: torch.device) -> tuple[tuple[Tensor, Tensor, Tensor], int]:
@@ -74,22 +81,30 @@ def tile_layout(dim: int, device: torch.device) -> tuple[tuple[Tensor, Tensor, T
 
 
 class E3B:
-    """Per-env elliptical bonus: `step(phi, first)` gives each env's intrinsic reward for its new observation."""
+    """Per-env elliptical bonus: `step(phi, first)` gives each env's intrinsic reward for its new observation;
+    with `batch="segment"`, `segment(phis, firsts)` gives a whole collected segment's at once."""
 
     def __init__(self, num_envs: int, dim: int, *, ridge: float = 0.1, coef: float = 1.0, decay: float | None = None,
                  norm: bool = True, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", batch: str = "step", block: int = 32) -> None:
         if ridge <= 0:
             raise ValueError(f"e3b ridge must be > 0, got {ridge}")
         if decay is not None and not 0 < decay <= 1:
             raise ValueError(f"e3b decay must be in (0, 1], got {decay}")
+        if batch not in BATCHES:
+            raise ValueError(f"e3b batch must be one of {', '.join(BATCHES)}, got {batch!r}")
+        if batch == "segment" and decay is not None:
+            raise ValueError("e3b batch 'segment' has no decay variant: the decayed covariance needs batch 'step'")
         self.num_envs, self.dim, self.ridge, self.coef, self.decay, self.norm = num_envs, dim, ridge, coef, decay, norm
+        self.batch = batch
+        self.block = block  # steps per Cholesky in `segment`: T x T work grows as block^3, C_inv traffic as 1/block
         self.eye = torch.eye(dim, device=device, dtype=dtype) / ridge
         self.stats = RunningStd()
         self.last_raw = torch.zeros(num_envs, device=device, dtype=dtype)
         # csrc/e3b_*: the whole step in one pass per env over the tiles on and above C_inv's diagonal
         # (`packed`, layout in csrc/e3b.h); the torch code below, on full matrices, is its fallback and reference.
-        self.compiled = extension.use_compiled(torch.device(device), backend, "E3B step")
+        # `segment` works on full matrices, read once per segment.
+        self.compiled = batch == "step" and extension.use_compiled(torch.device(device), backend, "E3B step")
         if self.compiled:
             self.slots, size = tile_layout(dim, torch.device(device))
             self.packed = self.eye.new_zeros(num_envs, size)
@@ -120,10 +135,48 @@ class E3B:
         else:
             bonus = self._torch_step(phi, first, d)
         self.last_raw = bonus
+        return self._scale(bonus, first)
+
+    @torch.no_grad()
+    def segment(self, phi: Tensor, first: Tensor) -> Tensor:
+        """Intrinsic rewards [num_envs, T] for a whole segment of embeddings `phi` [num_envs, T, H]
+        (`first` [num_envs, T] bool): the bonuses of T calls of `step`, C_inv read and written once per `block` steps.
+        With `norm`, the running std takes the whole segment's bonuses before any of them is scaled."""
+        if self.batch != "segment":
+            raise RuntimeError("E3B.segment needs E3B(..., batch='segment')")
+        phi = phi.detach().to(self.eye.dtype)
+        raw = torch.cat([self._block(phi[:, t:t + self.block], first[:, t:t + self.block])
+                         for t in range(0, phi.shape[1], self.block)], dim=1)
+        self.last_raw = raw
+        return self._scale(raw, first)
+
+    def _block(self, phi: Tensor, first: Tensor) -> Tensor:
+        """Raw bonuses [num_envs, T] of T consecutive steps, and C_inv moved past them."""
+        episode = first.cumsum(1)  # 0: the episode carried in from the last segment, k: the k-th started here
+        # rows phi_t A: A = the carried C_inv for the carried episode, I / ridge for episodes started here
+        scaled = torch.bmm(phi, self.full)
+        fresh = episode > 0
+        scaled[fresh] = phi[fresh] * (1.0 / self.ridge)  # (indexing: torch.where over all rows is slower on CPUs)
+        # steps of different episodes do not interact: I + G is block-diagonal, and so are L and L^-1
+        gram = torch.bmm(scaled, phi.mT).masked_fill_(episode[:, :, None] != episode[:, None, :], 0.0).double()
+        gram.diagonal(dim1=1, dim2=2).add_(1.0)
+        factor = torch.linalg.cholesky(gram)  # float64: diag^2 - 1 cancels where the bonus is small
+        raw = (factor.diagonal(dim1=1, dim2=2).square() - 1.0).to(phi.dtype) * ~first
+        # the last episode's steps join its starting C_inv: C_inv = A - W^T W, W = L^-1 (Phi A) on its rows
+        # (L^-1 as a T x T solve, then one GEMM: a solve against the [T, H] rows directly is slower on CPUs)
+        last = episode == episode[:, -1:]
+        eye = torch.eye(phi.shape[1], dtype=factor.dtype, device=factor.device).expand_as(factor)
+        inverse = torch.linalg.solve_triangular(factor, eye, upper=False)
+        w = torch.bmm((inverse * last[:, None, :]).to(phi.dtype), scaled)
+        self.full[first.any(1)] = self.eye
+        self.full.baddbmm_(w.mT, w, alpha=-1.0)
+        return raw
+
+    def _scale(self, raw: Tensor, first: Tensor) -> Tensor:
         if not self.norm:
-            return self.coef * bonus
-        self.stats.update(bonus[~first])
-        return bonus * (self.coef / max(self.stats.std, 1e-8))
+            return self.coef * raw
+        self.stats.update(raw[~first])
+        return raw * (self.coef / max(self.stats.std, 1e-8))
 
     def _torch_step(self, phi: Tensor, first: Tensor, d: float) -> Tensor:
         if self.decay is None:
@@ -171,7 +224,9 @@ class E3BBonus(Algorithm):
 
     Keys (train section): `e3b_coef` (> 0 enables it), `e3b_ridge`, `e3b_decay` (null = reset
     per episode), `e3b_norm`, `e3b_embedding` (`hidden`: the policy's embedding, detached; or
-    `inverse_dynamics`, its own encoder of `e3b_dim` trained with `e3b_id_coef * loss`).
+    `inverse_dynamics`, its own encoder of `e3b_dim` trained with `e3b_id_coef * loss`),
+    `e3b_batch` (`segment`: the step's embedding is recorded, and the row block's bonuses are
+    added to its stored rewards when it ends; `step`: added as each step is stored).
     Metrics: intrinsic reward mean and max, its share of all reward, seconds spent per epoch.
     """
 
@@ -186,8 +241,15 @@ class E3BBonus(Algorithm):
             dim = train["e3b_dim"]
         else:
             dim = policy["lstm_hidden_size"] if policy["lstm"] else policy["hidden_size"]
+        batch = train["e3b_batch"]
+        if batch == "auto":
+            batch = "step" if train["e3b_decay"] is not None else "segment"
         self.bonus = E3B(num_envs, dim, ridge=train["e3b_ridge"], coef=train["e3b_coef"], decay=train["e3b_decay"],
-                         norm=train["e3b_norm"], device=device)
+                         norm=train["e3b_norm"], device=device, batch=batch)
+        if batch == "segment":  # this row block's embeddings and episode starts, column by column
+            self.phis = torch.zeros(num_envs, train["bptt_horizon"], dim, device=device)
+            self.firsts = torch.zeros(num_envs, train["bptt_horizon"], dtype=torch.bool, device=device)
+            self.column = 0
         self.id_coef = train["e3b_id_coef"]
         self.model: InverseDynamics | None = None
         self.obs: Tensor | None = None
@@ -216,12 +278,34 @@ class E3BBonus(Algorithm):
     def shape_rewards(self, rewards: Tensor, first: Tensor, hidden: Tensor, rows: slice) -> Tensor:
         start = time.perf_counter()
         phi = hidden if self.model is None else self.model(self.obs)
+        if self.bonus.batch == "segment":
+            self.phis[:, self.column] = phi
+            self.firsts[:, self.column] = first
+            self.column += 1
+            self.seconds += time.perf_counter() - start
+            return rewards
         intrinsic = self.bonus.step(phi.float(), first.bool())
         self.seconds += time.perf_counter() - start
+        self._log(intrinsic, rewards)
+        return rewards + intrinsic
+
+    def end_segment(self, rows: slice) -> None:
+        if self.bonus.batch != "segment":
+            return
+        start = time.perf_counter()
+        intrinsic = self.bonus.segment(self.phis, self.firsts)
+        experience = self.trainer.experience
+        self._log(intrinsic, experience.rewards[rows])
+        experience.rewards[rows] += intrinsic
+        if rows.start >= self.bonus.num_envs:  # column 0's reward is also the previous row block's bootstrap reward
+            experience.next_rewards[rows.start - self.bonus.num_envs:rows.start] += intrinsic[:, 0]
+        self.column = 0
+        self.seconds += time.perf_counter() - start
+
+    def _log(self, intrinsic: Tensor, rewards: Tensor) -> None:
         self.stats.add("e3b_intrinsic_mean", intrinsic.sum(), intrinsic.numel())
         self.stats.peak("e3b_intrinsic_max", intrinsic.max())
         self.stats.add("e3b_share", intrinsic.sum(), intrinsic.sum() + rewards.abs().sum())
-        return rewards + intrinsic
 
     def loss(self, batch: Minibatch, out: Outputs) -> Tensor | None:
         if self.model is None:
