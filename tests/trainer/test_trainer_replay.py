@@ -121,7 +121,9 @@ def test_the_ratio_buffer_starts_at_one_for_new_rows_and_at_the_refreshed_ratio_
     trainer.train()
     assert len(seen) == 2 * 24 // 4 + 1  # minibatches, then the retention's refresh
     assert torch.equal(seen[0][:16], torch.ones(16, 8)) and torch.equal(seen[0][16:], retained_start)
-    assert all((after != before).any() for before, after in zip(seen, seen[1:-1]))  # written back each minibatch
+    # written back each minibatch (after the first, which runs before any update: its new rows' ratios
+    # are exactly 1 where training computes the log-probs bit for bit as collection did)
+    assert all((after != before).any() for before, after in zip(seen[1:], seen[2:-1]))
 
 
 @pytest.mark.parametrize("lstm", [False, True])
