@@ -16,7 +16,8 @@ intervals is `puffctl ablate run bench/ablations/exploration-*.yaml`; this is it
 `--seconds` per arm whose order rotates (so machine load hits every arm alike), and reports the
 median over rounds of 1 - sps_arm / sps_baseline, by wall clock and by the process's CPU time
 (steadier on a shared machine). The e3b pair's arms: the default (bonuses once per collected segment)
-and `train.e3b_batch=step` (the fused csrc/ op every step).
+and `train.e3b_batch=step` (the fused csrc/ op every step); e3b-lstm: the same profile with the
+LSTM-128 policy (PufferLib's default shape), whose 128-wide output is E3B's embedding.
 `step` times E3B alone over the same `--horizon` steps, in alternating rounds (medians of ms per
 step, wall clock and CPU time): `E3B.segment` once, the fused csrc/ op `E3B.step` per step, and
 the pure-torch `E3B.step` per step.
@@ -51,6 +52,9 @@ ARMS = {
 }
 SPS_PAIRS = {  # pair -> (env, profile, arms: label -> --set overrides); the first arm is the baseline
     "e3b": ("maze, hidden 128", "e3b", {"baseline": ["train.e3b_coef=0"], "e3b": [], "e3b per step": ["train.e3b_batch=step"]}),
+    # PufferLib's default policy shape (128 encoder + LSTM 128): E3B embeds the LSTM's 128-wide output
+    "e3b-lstm": ("maze, LSTM 128", "e3b", {"baseline": ["train.e3b_coef=0", "policy.lstm=true"],
+                                           "e3b": ["policy.lstm=true"]}),
     "diayn": ("snake", "diayn", {"baseline": ["train.diayn_coef=0"], "diayn": []}),
 }
 
