@@ -115,6 +115,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           "reward log q(z given the segment) - log p(z)", choices=("loss", "reward")),
         "diayn_stop_grad": Key("bool", False, "DIAYN: cut the discriminator's gradient into the policy (the control "
                                "that must stay at chance)"),
+        "diayn_margin": Key("float", 0.0, "DIAYN: push the policy only on segments whose discriminator "
+                            "cross-entropy exceeds this (true skill's probability below exp(-margin)); 0 = all",
+                            min=0),
+        "diayn_warmup": Key("float", 0.0, "DIAYN: share of total_timesteps before the discriminator pushes the "
+                            "policy (it learns from the start)", min=0, max=1),
         "prio_alpha": Key("float", 0.8, "prioritized segment sampling exponent (0 = uniform)", min=0),
         "prio_beta0": Key("float", 0.2, "importance-weight exponent at the start, annealed to 1", min=0, max=1),
         "norm_adv": Key("bool", True, "normalize advantages per minibatch"),

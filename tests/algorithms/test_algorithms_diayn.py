@@ -4,19 +4,19 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from trainer.algorithms.diayn import DIAYN, Skills
 
 K, A, T, OBS = 4, 5, 8, 3
 
 
-def train_toy(stop_grad: bool, features: str = "taken", steps: int = 120) -> dict:
+def train_toy(stop_grad: bool, features: str = "taken", steps: int = 120, margin: float = 0.0) -> dict:
     """A policy over random observations plus one_hot(z), trained only on the DIAYN loss."""
     torch.manual_seed(0)
     policy = nn.Sequential(nn.Linear(OBS + K, 32), nn.Tanh(), nn.Linear(32, A))
     policy[-1].weight.data.mul_(0.01)
-    diayn = DIAYN(K, T, n_actions=A, every=2, features=features, stop_grad=stop_grad)
+    diayn = DIAYN(K, T, n_actions=A, every=2, features=features, stop_grad=stop_grad, margin=margin)
     optimizer = torch.optim.Adam([*policy.parameters(), *diayn.parameters()], lr=1e-2)
     for _ in range(steps):
         skills = torch.randint(K, (64, 1)).expand(64, T)
@@ -47,10 +47,44 @@ def test_full_distribution_features_are_an_easier_task():
     assert train_toy(stop_grad=False, features="full", steps=60)["diayn_accuracy"] > 3 / K
 
 
+def margin_grads(margin: float, push: float = 1.0) -> tuple[Tensor, list[Tensor], Tensor]:
+    """The gradients of DIAYN.loss on the policy's logits and on the discriminator, and each segment's cross-entropy."""
+    torch.manual_seed(2)
+    diayn = DIAYN(K, T, n_actions=A, features="full", margin=margin)
+    logits = torch.randn(16, T, A, requires_grad=True)
+    skills = torch.randint(K, (16, 1)).expand(16, T)
+    loss, _ = diayn.loss(torch.zeros(16, T), logits, skills, push)
+    loss.backward()
+    with torch.no_grad():
+        x, labels = diayn.inputs(torch.zeros(16, T), logits, skills)
+        ce = nn.functional.cross_entropy(diayn.net(x), labels, reduction="none")
+    return logits.grad, [p.grad for p in diayn.parameters()], ce
+
+
+def test_margin_stops_pushing_the_policy_on_well_classified_segments_only():
+    full_policy, full_discriminator, ce = margin_grads(0.0)
+    margin = float(ce.median())
+    policy, discriminator, _ = margin_grads(margin)
+    for ours, theirs in zip(discriminator, full_discriminator):
+        torch.testing.assert_close(ours, theirs)  # the discriminator learns from every segment
+    well = ce < margin
+    assert 0 < int(well.sum()) < len(ce)
+    assert torch.all(policy[well] == 0) and torch.all(policy[~well].abs().sum((1, 2)) > 0)
+    torch.testing.assert_close(policy[~well], full_policy[~well])
+    assert margin_grads(0.0, push=0.0)[0] is None  # the warm-up: no gradient reaches the policy
+
+
+def test_margin_keeps_accuracy_above_chance_at_a_smaller_push():
+    free, capped = train_toy(stop_grad=False, features="full", steps=60), train_toy(stop_grad=False, features="full", steps=60, margin=0.7)
+    assert capped["diayn_accuracy"] > 2 / K
+    assert capped["diayn_pushed"] < 0.5 < free["diayn_pushed"] == 1
+
+
 def test_one_skill_is_handled():
     diayn = DIAYN(1, T)
     loss, stats = diayn.loss(torch.randn(4, T), None, torch.zeros(4, T, dtype=torch.long))
-    assert loss.item() == 0.0 and {k: float(v) for k, v in stats.items()} == {"diayn_loss": 0.0, "diayn_accuracy": 1.0, "diayn_chance": 1.0}
+    assert loss.item() == 0.0 and {k: float(v) for k, v in stats.items()} == {"diayn_loss": 0.0, "diayn_accuracy": 1.0, "diayn_chance": 1.0,
+                                                                                      "diayn_pushed": 0.0}
     assert torch.all(diayn.bonus(torch.randn(4, T), None, torch.zeros(4, T, dtype=torch.long)) == 0)
     assert Skills(3, 1).inputs().tolist() == [[1.0]] * 3
 

@@ -9,7 +9,10 @@ state, through which the policy could pass `z` along unshaped.
 
 - `mode: loss`: the cross-entropy joins the PPO loss as `coef * loss`, with gradients flowing
   back through the log-probs into the policy (`stop_grad` cuts them: the control, which must
-  stay at chance, `ln K`).
+  stay at chance, `ln K`). The term is split in two with the same gradients: the discriminator
+  learns from every segment (its input detached), and the policy is pushed through a detached
+  copy of the discriminator only on segments still classified worse than `margin` (cross-entropy
+  above it: "enough is enough"), and only after the first `warmup` share of the run.
 - `mode: reward`: the discriminator learns on its own (no gradient into the policy), and each
   step earns the classic `coef * (log q(z | segment so far) - log p(z)) / horizon`, the
   discriminator's belief in the true skill from the segment's steps up to that one.
@@ -76,7 +79,7 @@ class DIAYN(nn.Module):
     """The discriminator q(z | segment log-probs) and its loss, accuracy and reward."""
 
     def __init__(self, archive: int, horizon: int, *, n_actions: int = 1, every: int = 1, features: str = "taken",
-                 mode: str = "loss", stop_grad: bool = False, hidden: int = 64) -> None:
+                 mode: str = "loss", stop_grad: bool = False, margin: float = 0.0, hidden: int = 64) -> None:
         super().__init__()
         if features not in ("taken", "full"):
             raise ValueError(f"diayn_features is 'taken' or 'full', not {features!r}")
@@ -84,7 +87,9 @@ class DIAYN(nn.Module):
             raise ValueError(f"diayn_mode is 'loss' or 'reward', not {mode!r}")
         if every < 1:
             raise ValueError(f"diayn_every must be >= 1, got {every}")
-        self.archive, self.every, self.features, self.mode = archive, every, features, mode
+        if margin < 0:
+            raise ValueError(f"diayn_margin must be >= 0, got {margin}")
+        self.archive, self.every, self.features, self.mode, self.margin = archive, every, features, mode, margin
         self.stop_grad = stop_grad or mode == "reward"
         width = 1 if features == "taken" else n_actions
         steps = len(range(0, horizon, every))
@@ -101,19 +106,28 @@ class DIAYN(nn.Module):
         seen = (seen * keep)[:, :: self.every]
         return seen.flatten(1).float(), labels
 
-    def loss(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor, push: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy of predicting each segment's skill, and its stats (loss, accuracy, chance 1/K)
-        as detached tensors. With one skill there is nothing to tell apart: the loss is 0 and
-        accuracy is chance, 1."""
+        as detached tensors. The discriminator learns from all segments; the policy's gradient is
+        `push` times that of the segments whose cross-entropy exceeds `margin` (all when 0). With
+        one skill there is nothing to tell apart: the loss is 0 and accuracy is chance, 1."""
         chance = logprobs.new_tensor(1.0 / self.archive)
         if self.archive == 1:
             zero = logprobs.new_zeros(())
-            return zero, {"diayn_loss": zero, "diayn_accuracy": chance, "diayn_chance": chance}
+            return zero, {"diayn_loss": zero, "diayn_accuracy": chance, "diayn_chance": chance, "diayn_pushed": zero}
         x, labels = self.inputs(logprobs, logits, skills)
-        scores = self.net(x)
+        scores = self.net(x.detach())
         loss = nn.functional.cross_entropy(scores, labels)
         accuracy = (scores.argmax(-1) == labels).float().mean()
-        return loss, {"diayn_loss": loss.detach(), "diayn_accuracy": accuracy, "diayn_chance": chance}
+        stats = {"diayn_loss": loss.detach(), "diayn_accuracy": accuracy, "diayn_chance": chance,
+                 "diayn_pushed": chance.new_zeros(())}
+        if self.stop_grad or push == 0:
+            return loss, stats
+        frozen = {name: p.detach() for name, p in self.net.named_parameters()}
+        ce = nn.functional.cross_entropy(torch.func.functional_call(self.net, frozen, (x,)), labels, reduction="none")
+        pushed = ce >= self.margin
+        stats["diayn_pushed"] = pushed.float().mean()
+        return loss + push * (ce * pushed).mean(), stats
 
     @torch.no_grad()
     def bonus(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> Tensor:
@@ -132,8 +146,10 @@ class DiaynSkills(Algorithm):
 
     Keys (train section): `diayn_coef` (> 0 enables it), `diayn_archive` (K), `diayn_skills`
     (segment | episode), `diayn_every`, `diayn_features` (taken | full), `diayn_mode`
-    (loss | reward), `diayn_stop_grad` (the control). Metrics: diayn_loss, diayn_accuracy,
-    diayn_chance (1/K).
+    (loss | reward), `diayn_stop_grad` (the control), `diayn_margin` (the policy is pushed only
+    on segments whose cross-entropy exceeds it), `diayn_warmup` (share of total_timesteps before
+    the policy is pushed at all). Metrics: diayn_loss, diayn_accuracy, diayn_chance (1/K),
+    diayn_pushed (share of segments pushing the policy).
     """
 
     @classmethod
@@ -146,7 +162,8 @@ class DiaynSkills(Algorithm):
         self.extra_obs_size = self.archive
         self.coef, self.mode, self.horizon, self.num_envs = train["diayn_coef"], train["diayn_mode"], train["bptt_horizon"], num_envs
         self.settings = {"every": train["diayn_every"], "features": train["diayn_features"], "mode": self.mode,
-                         "stop_grad": train["diayn_stop_grad"]}
+                         "stop_grad": train["diayn_stop_grad"], "margin": train["diayn_margin"]}
+        self.warmup_steps = train["diayn_warmup"] * train["total_timesteps"]
         self.skills = Skills(num_envs, self.archive, train["diayn_skills"], seed=train["seed"], device=device)
         self.discriminator: DIAYN | None = None
         self.offset = 0
@@ -198,7 +215,8 @@ class DiaynSkills(Algorithm):
         return rewards + self.coef * bonus / self.horizon
 
     def loss(self, batch: Minibatch, out: Outputs) -> Tensor | None:
-        loss, stats = self.discriminator.loss(out.logprobs, out.logits, self.segment_skills(batch.obs))
+        push = float(self.trainer.agent_steps >= self.warmup_steps)
+        loss, stats = self.discriminator.loss(out.logprobs, out.logits, self.segment_skills(batch.obs), push)
         for key, value in stats.items():
             self.stats.add(key, value)
         return self.coef * loss if self.mode == "loss" else loss
