@@ -80,6 +80,17 @@ def test_margin_keeps_accuracy_above_chance_at_a_smaller_push():
     assert capped["diayn_pushed"] < 0.5 < free["diayn_pushed"] == 1
 
 
+def test_rest_features_leave_the_greedy_action_alone():
+    logits = torch.randn(3, T, A, requires_grad=True)
+    x, _ = DIAYN(K, T, n_actions=A, features="rest").inputs(torch.zeros(3, T), logits, torch.zeros(3, T, dtype=torch.long))
+    seen = x.view(3, T, A)
+    greedy = nn.functional.one_hot(logits.argmax(-1), A).bool()
+    assert torch.all(seen[greedy] == 0)
+    torch.testing.assert_close(seen.masked_fill(greedy, -math.inf).logsumexp(-1), torch.zeros(3, T))  # a distribution
+    (seen * torch.randn_like(seen)).sum().backward()
+    assert torch.all(logits.grad[greedy] == 0) and torch.all(logits.grad[~greedy] != 0)
+
+
 def test_one_skill_is_handled():
     diayn = DIAYN(1, T)
     loss, stats = diayn.loss(torch.randn(4, T), None, torch.zeros(4, T, dtype=torch.long))

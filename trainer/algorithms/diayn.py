@@ -4,7 +4,9 @@ Each env acts under a skill `z` in `0..K-1` (`Skills`), drawn per segment (a buf
 default, as streamed) or per episode; `one_hot(z)` joins the policy's input. A small
 discriminator (`DIAYN`) reads a segment's policy log-probs, every `every`-th step, either only
 the log-prob of the action taken (the default: given the whole distribution the task was
-trivial) or the full `log_softmax`, and predicts the segment's `z`. It never sees the hidden
+trivial), the full `log_softmax`, or (`rest`) the log-probs of the actions other than the
+policy's greedy one, renormalised among themselves (a skill marked there leaves the greedy
+action's probability alone), and predicts the segment's `z`. It never sees the hidden
 state, through which the policy could pass `z` along unshaped.
 
 - `mode: loss`: the cross-entropy joins the PPO loss as `coef * loss`, with gradients flowing
@@ -81,8 +83,8 @@ class DIAYN(nn.Module):
     def __init__(self, archive: int, horizon: int, *, n_actions: int = 1, every: int = 1, features: str = "taken",
                  mode: str = "loss", stop_grad: bool = False, margin: float = 0.0, hidden: int = 64) -> None:
         super().__init__()
-        if features not in ("taken", "full"):
-            raise ValueError(f"diayn_features is 'taken' or 'full', not {features!r}")
+        if features not in ("taken", "full", "rest"):
+            raise ValueError(f"diayn_features is 'taken', 'full' or 'rest', not {features!r}")
         if mode not in ("loss", "reward"):
             raise ValueError(f"diayn_mode is 'loss' or 'reward', not {mode!r}")
         if every < 1:
@@ -97,10 +99,16 @@ class DIAYN(nn.Module):
 
     def inputs(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, Tensor]:
         """The discriminator's input [B, steps * width] and labels [B] from a batch of segments:
-        taken-action `logprobs` [B, T], policy `logits` [B, T, A] (for `full`), `skills` [B, T]."""
+        taken-action `logprobs` [B, T], policy `logits` [B, T, A] (for `full`, `rest`), `skills` [B, T]."""
         labels = skills[:, 0]
         keep = (skills == labels[:, None]).unsqueeze(-1)
-        seen = logprobs.unsqueeze(-1) if self.features == "taken" else torch.log_softmax(logits.float(), dim=-1)
+        if self.features == "taken":
+            seen = logprobs.unsqueeze(-1)
+        elif self.features == "full":
+            seen = torch.log_softmax(logits.float(), dim=-1)
+        else:
+            greedy = nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).bool()
+            seen = torch.log_softmax(logits.float().masked_fill(greedy, -math.inf), dim=-1).masked_fill(greedy, 0.0)
         if self.stop_grad:
             seen = seen.detach()
         seen = (seen * keep)[:, :: self.every]
@@ -145,7 +153,7 @@ class DiaynSkills(Algorithm):
     (or reward) from each minibatch's log-probs, the skills in the checkpoint.
 
     Keys (train section): `diayn_coef` (> 0 enables it), `diayn_archive` (K), `diayn_skills`
-    (segment | episode), `diayn_every`, `diayn_features` (taken | full), `diayn_mode`
+    (segment | episode), `diayn_every`, `diayn_features` (taken | full | rest), `diayn_mode`
     (loss | reward), `diayn_stop_grad` (the control), `diayn_margin` (the policy is pushed only
     on segments whose cross-entropy exceeds it), `diayn_warmup` (share of total_timesteps before
     the policy is pushed at all). Metrics: diayn_loss, diayn_accuracy, diayn_chance (1/K),
@@ -177,8 +185,8 @@ class DiaynSkills(Algorithm):
         self.trainer = trainer
         self.offset = trainer.envs.obs_size  # one_hot(z) is the first extra input (see the registry's order)
         space = trainer.envs.single_action_space
-        if self.settings["features"] == "full" and not isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
-            raise ValueError("diayn_features: full needs a Discrete or MultiDiscrete action space")
+        if self.settings["features"] != "taken" and not isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+            raise ValueError(f"diayn_features: {self.settings['features']} needs a Discrete or MultiDiscrete action space")
         n_actions = int(space.n) if isinstance(space, spaces.Discrete) else int(sum(getattr(space, "nvec", [1])))
         self.discriminator = DIAYN(self.archive, self.horizon, n_actions=n_actions, **self.settings).to(trainer.device)
 
