@@ -5,8 +5,9 @@ default, as streamed) or per episode; `one_hot(z)` joins the policy's input. A s
 discriminator (`DIAYN`) reads a segment's policy log-probs, every `every`-th step, either only
 the log-prob of the action taken (the default: given the whole distribution the task was
 trivial), the full `log_softmax`, or (`rest`) the log-probs of the actions other than the
-policy's greedy one, renormalised among themselves (a skill marked there leaves the greedy
-action's probability alone), and predicts the segment's `z`. It never sees the hidden
+policy's greedy one, renormalised among themselves and sorted (a skill marked there leaves the
+greedy action and its probability alone; unsorted, the skills were marked by which action is
+greedy), and predicts the segment's `z`. It never sees the hidden
 state, through which the policy could pass `z` along unshaped.
 
 - `mode: loss`: the cross-entropy joins the PPO loss as `coef * loss`, with gradients flowing
@@ -93,7 +94,7 @@ class DIAYN(nn.Module):
             raise ValueError(f"diayn_margin must be >= 0, got {margin}")
         self.archive, self.every, self.features, self.mode, self.margin = archive, every, features, mode, margin
         self.stop_grad = stop_grad or mode == "reward"
-        width = 1 if features == "taken" else n_actions
+        width = {"taken": 1, "full": n_actions, "rest": n_actions - 1}[features]
         steps = len(range(0, horizon, every))
         self.net = nn.Sequential(nn.Linear(steps * width, hidden), nn.GELU(), nn.Linear(hidden, archive))
 
@@ -108,7 +109,8 @@ class DIAYN(nn.Module):
             seen = torch.log_softmax(logits.float(), dim=-1)
         else:
             greedy = nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).bool()
-            seen = torch.log_softmax(logits.float().masked_fill(greedy, -math.inf), dim=-1).masked_fill(greedy, 0.0)
+            rest = torch.log_softmax(logits.float().masked_fill(greedy, -math.inf), dim=-1)
+            seen = rest.sort(dim=-1, descending=True).values[..., :-1]  # which action is which would tell the greedy one
         if self.stop_grad:
             seen = seen.detach()
         seen = (seen * keep)[:, :: self.every]
@@ -185,8 +187,10 @@ class DiaynSkills(Algorithm):
         self.trainer = trainer
         self.offset = trainer.envs.obs_size  # one_hot(z) is the first extra input (see the registry's order)
         space = trainer.envs.single_action_space
-        if self.settings["features"] != "taken" and not isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
-            raise ValueError(f"diayn_features: {self.settings['features']} needs a Discrete or MultiDiscrete action space")
+        if self.settings["features"] == "full" and not isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+            raise ValueError("diayn_features: full needs a Discrete or MultiDiscrete action space")
+        if self.settings["features"] == "rest" and not isinstance(space, spaces.Discrete):
+            raise ValueError("diayn_features: rest needs a Discrete action space")
         n_actions = int(space.n) if isinstance(space, spaces.Discrete) else int(sum(getattr(space, "nvec", [1])))
         self.discriminator = DIAYN(self.archive, self.horizon, n_actions=n_actions, **self.settings).to(trainer.device)
 
