@@ -56,8 +56,8 @@ def margin_grads(margin: float, push: float = 1.0) -> tuple[Tensor, list[Tensor]
     loss, _ = diayn.loss(torch.zeros(16, T), logits, skills, push)
     loss.backward()
     with torch.no_grad():
-        x, labels = diayn.inputs(torch.zeros(16, T), logits, skills)
-        ce = nn.functional.cross_entropy(diayn.net(x), labels, reduction="none")
+        x, keep, labels = diayn.inputs(torch.zeros(16, T), logits, skills)
+        ce = nn.functional.cross_entropy(diayn.scores(x, keep), labels, reduction="none")
     return logits.grad, [p.grad for p in diayn.parameters()], ce
 
 
@@ -82,13 +82,21 @@ def test_margin_keeps_accuracy_above_chance_at_a_smaller_push():
 
 def test_rest_features_leave_the_greedy_action_alone():
     logits = torch.randn(3, T, A, requires_grad=True)
-    x, _ = DIAYN(K, T, n_actions=A, features="rest").inputs(torch.zeros(3, T), logits, torch.zeros(3, T, dtype=torch.long))
-    seen = x.view(3, T, A - 1)
+    seen, _, _ = DIAYN(K, T, n_actions=A, features="rest").inputs(torch.zeros(3, T), logits, torch.zeros(3, T, dtype=torch.long))
     greedy = nn.functional.one_hot(logits.argmax(-1), A).bool()
     others = torch.log_softmax(logits.masked_fill(greedy, -math.inf), -1)[~greedy].view(3, T, A - 1)
     torch.testing.assert_close(seen, others.sort(-1, descending=True).values)  # the rest's distribution, sorted
     (seen * torch.randn_like(seen)).sum().backward()
     assert torch.all(logits.grad[greedy] == 0) and torch.all(logits.grad[~greedy] != 0)
+
+
+def test_sum_pool_adds_up_the_evidence_of_the_kept_steps():
+    torch.manual_seed(3)
+    diayn = DIAYN(K, 6, n_actions=A, features="full", pool="sum")
+    logits, skills = torch.randn(2, 6, A), torch.tensor([[1, 1, 1, 1, 1, 1], [2, 2, 2, 3, 3, 3]])
+    x, keep, _ = diayn.inputs(torch.zeros(2, 6), logits, skills)
+    per_step = diayn.net(torch.log_softmax(logits, -1))
+    torch.testing.assert_close(diayn.scores(x, keep), torch.stack([per_step[0].sum(0), per_step[1, :3].sum(0)]))
 
 
 def test_one_skill_is_handled():
@@ -104,17 +112,18 @@ def test_every_nth_step_and_later_skills_are_masked():
     diayn = DIAYN(K, 6, every=2)
     logprobs = torch.arange(12.0).reshape(2, 6)
     skills = torch.tensor([[1, 1, 1, 1, 1, 1], [2, 2, 2, 3, 3, 3]])
-    x, labels = diayn.inputs(logprobs, None, skills)
+    x, keep, labels = diayn.inputs(logprobs, None, skills)
     assert labels.tolist() == [1, 2]
-    assert x.tolist() == [[0.0, 2.0, 4.0], [6.0, 8.0, 0.0]]  # steps 0, 2, 4; row 2's step 4 has skill 3
+    assert x.flatten(1).tolist() == [[0.0, 2.0, 4.0], [6.0, 8.0, 0.0]]  # steps 0, 2, 4; row 2's step 4 has skill 3
+    assert keep.tolist() == [[True] * 3, [True, True, False]]
 
 
 def test_bonus_is_log_q_minus_log_p():
     torch.manual_seed(1)
     diayn = DIAYN(K, T, mode="reward")
     logprobs, skills = torch.randn(3, T), torch.randint(K, (3, 1)).expand(3, T)
-    x, labels = diayn.inputs(logprobs, None, skills)
-    log_q = torch.log_softmax(diayn.net(x), -1)[torch.arange(3), labels]
+    x, keep, labels = diayn.inputs(logprobs, None, skills)
+    log_q = torch.log_softmax(diayn.net(x.flatten(1)), -1)[torch.arange(3), labels]
     torch.testing.assert_close(diayn.bonus(logprobs, None, skills), log_q.detach() + math.log(K))
     assert diayn.stop_grad  # the reward form never shapes the policy through the loss
 

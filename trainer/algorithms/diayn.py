@@ -82,7 +82,8 @@ class DIAYN(nn.Module):
     """The discriminator q(z | segment log-probs) and its loss, accuracy and reward."""
 
     def __init__(self, archive: int, horizon: int, *, n_actions: int = 1, every: int = 1, features: str = "taken",
-                 mode: str = "loss", stop_grad: bool = False, margin: float = 0.0, hidden: int = 64) -> None:
+                 mode: str = "loss", stop_grad: bool = False, margin: float = 0.0, pool: str = "flat",
+                 hidden: int = 64) -> None:
         super().__init__()
         if features not in ("taken", "full", "rest"):
             raise ValueError(f"diayn_features is 'taken', 'full' or 'rest', not {features!r}")
@@ -92,17 +93,20 @@ class DIAYN(nn.Module):
             raise ValueError(f"diayn_every must be >= 1, got {every}")
         if margin < 0:
             raise ValueError(f"diayn_margin must be >= 0, got {margin}")
-        self.archive, self.every, self.features, self.mode, self.margin = archive, every, features, mode, margin
+        if pool not in ("flat", "sum"):
+            raise ValueError(f"diayn_pool is 'flat' or 'sum', not {pool!r}")
+        self.archive, self.every, self.features, self.mode, self.margin, self.pool = archive, every, features, mode, margin, pool
         self.stop_grad = stop_grad or mode == "reward"
         width = {"taken": 1, "full": n_actions, "rest": n_actions - 1}[features]
-        steps = len(range(0, horizon, every))
+        steps = len(range(0, horizon, every)) if pool == "flat" else 1
         self.net = nn.Sequential(nn.Linear(steps * width, hidden), nn.GELU(), nn.Linear(hidden, archive))
 
-    def inputs(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, Tensor]:
-        """The discriminator's input [B, steps * width] and labels [B] from a batch of segments:
-        taken-action `logprobs` [B, T], policy `logits` [B, T, A] (for `full`, `rest`), `skills` [B, T]."""
+    def inputs(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The discriminator's input [B, steps, width] (zeros at steps of a later skill), which steps
+        count [B, steps] and labels [B] from a batch of segments: taken-action `logprobs` [B, T],
+        policy `logits` [B, T, A] (for `full`, `rest`), `skills` [B, T]."""
         labels = skills[:, 0]
-        keep = (skills == labels[:, None]).unsqueeze(-1)
+        keep = (skills == labels[:, None])[:, :: self.every]
         if self.features == "taken":
             seen = logprobs.unsqueeze(-1)
         elif self.features == "full":
@@ -113,8 +117,17 @@ class DIAYN(nn.Module):
             seen = rest.sort(dim=-1, descending=True).values[..., :-1]  # which action is which would tell the greedy one
         if self.stop_grad:
             seen = seen.detach()
-        seen = (seen * keep)[:, :: self.every]
-        return seen.flatten(1).float(), labels
+        seen = seen[:, :: self.every].float() * keep.unsqueeze(-1)
+        return seen, keep, labels
+
+    def scores(self, x: Tensor, keep: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """Unnormalised log q(z | segment) [B, K]: one net over the whole segment (`flat`), or
+        (`sum`) one net per step whose outputs add up over the kept steps, each step's evidence
+        weighed alike (naive Bayes), so a small mark repeated over the segment adds up."""
+        net = self.net if params is None else lambda v: torch.func.functional_call(self.net, params, (v,))
+        if self.pool == "flat":
+            return net(x.flatten(1))
+        return (net(x) * keep.unsqueeze(-1)).sum(1)
 
     def loss(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor, push: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy of predicting each segment's skill, and its stats (loss, accuracy, chance 1/K)
@@ -125,8 +138,8 @@ class DIAYN(nn.Module):
         if self.archive == 1:
             zero = logprobs.new_zeros(())
             return zero, {"diayn_loss": zero, "diayn_accuracy": chance, "diayn_chance": chance, "diayn_pushed": zero}
-        x, labels = self.inputs(logprobs, logits, skills)
-        scores = self.net(x.detach())
+        x, keep, labels = self.inputs(logprobs, logits, skills)
+        scores = self.scores(x.detach(), keep)
         loss = nn.functional.cross_entropy(scores, labels)
         accuracy = (scores.argmax(-1) == labels).float().mean()
         stats = {"diayn_loss": loss.detach(), "diayn_accuracy": accuracy, "diayn_chance": chance,
@@ -134,7 +147,7 @@ class DIAYN(nn.Module):
         if self.stop_grad or push == 0:
             return loss, stats
         frozen = {name: p.detach() for name, p in self.net.named_parameters()}
-        ce = nn.functional.cross_entropy(torch.func.functional_call(self.net, frozen, (x,)), labels, reduction="none")
+        ce = nn.functional.cross_entropy(self.scores(x, keep, frozen), labels, reduction="none")
         pushed = ce >= self.margin
         stats["diayn_pushed"] = pushed.float().mean()
         return loss + push * (ce * pushed).mean(), stats
@@ -145,8 +158,8 @@ class DIAYN(nn.Module):
         taken may be given as zeros with any skill: only steps with the first step's skill count)."""
         if self.archive == 1:
             return logprobs.new_zeros(logprobs.shape[0])
-        x, labels = self.inputs(logprobs, logits, skills)
-        log_q = torch.log_softmax(self.net(x), dim=-1).gather(1, labels[:, None]).squeeze(1)
+        x, keep, labels = self.inputs(logprobs, logits, skills)
+        log_q = torch.log_softmax(self.scores(x, keep), dim=-1).gather(1, labels[:, None]).squeeze(1)
         return log_q + math.log(self.archive)
 
 
@@ -156,7 +169,7 @@ class DiaynSkills(Algorithm):
 
     Keys (train section): `diayn_coef` (> 0 enables it), `diayn_archive` (K), `diayn_skills`
     (segment | episode), `diayn_every`, `diayn_features` (taken | full | rest), `diayn_mode`
-    (loss | reward), `diayn_stop_grad` (the control), `diayn_margin` (the policy is pushed only
+    (loss | reward), `diayn_stop_grad` (the control), `diayn_pool` (flat | sum), `diayn_margin` (the policy is pushed only
     on segments whose cross-entropy exceeds it), `diayn_warmup` (share of total_timesteps before
     the policy is pushed at all). Metrics: diayn_loss, diayn_accuracy, diayn_chance (1/K),
     diayn_pushed (share of segments pushing the policy).
@@ -172,7 +185,8 @@ class DiaynSkills(Algorithm):
         self.extra_obs_size = self.archive
         self.coef, self.mode, self.horizon, self.num_envs = train["diayn_coef"], train["diayn_mode"], train["bptt_horizon"], num_envs
         self.settings = {"every": train["diayn_every"], "features": train["diayn_features"], "mode": self.mode,
-                         "stop_grad": train["diayn_stop_grad"], "margin": train["diayn_margin"]}
+                         "stop_grad": train["diayn_stop_grad"], "margin": train["diayn_margin"],
+                         "pool": train["diayn_pool"]}
         self.warmup_steps = train["diayn_warmup"] * train["total_timesteps"]
         self.skills = Skills(num_envs, self.archive, train["diayn_skills"], seed=train["seed"], device=device)
         self.discriminator: DIAYN | None = None
