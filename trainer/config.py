@@ -116,8 +116,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           "reward log q(z given the segment) - log p(z)", choices=("loss", "reward")),
         "diayn_stop_grad": Key("bool", False, "DIAYN: cut the discriminator's gradient into the policy (the control "
                                "that must stay at chance)"),
-        "diayn_pool": Key("str", "flat", "DIAYN: one discriminator net over the whole segment (flat) or one per "
-                          "step whose evidence adds up over the segment (sum)", choices=("flat", "sum")),
+        "diayn_pool": Key("str", "flat", "DIAYN: one discriminator net over the whole segment (flat), or one per "
+                          "step whose evidence adds up over the segment (sum), each step weighed by the policy's "
+                          "normalised entropy there (entropy)", choices=("flat", "sum", "entropy")),
         "diayn_margin": Key("float", 0.0, "DIAYN: push the policy only on segments whose discriminator "
                             "cross-entropy exceeds this (true skill's probability below exp(-margin)); 0 = all",
                             min=0),

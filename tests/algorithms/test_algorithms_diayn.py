@@ -99,6 +99,13 @@ def test_sum_pool_adds_up_the_evidence_of_the_kept_steps():
     torch.testing.assert_close(diayn.scores(x, keep), torch.stack([per_step[0].sum(0), per_step[1, :3].sum(0)]))
 
 
+def test_entropy_pool_weighs_the_steps_where_the_policy_is_undecided():
+    diayn = DIAYN(K, 3, n_actions=A, features="full", pool="entropy")
+    logits = torch.tensor([[[0.0] * A, [30.0] + [0.0] * (A - 1), [0.0] * A]])
+    _, weight, _ = diayn.inputs(torch.zeros(1, 3), logits, torch.tensor([[1, 1, 2]]))
+    assert weight[0, 0].item() == pytest.approx(1.0) and weight[0, 1].item() < 1e-9 and weight[0, 2].item() == 0.0
+
+
 def test_one_skill_is_handled():
     diayn = DIAYN(1, T)
     loss, stats = diayn.loss(torch.randn(4, T), None, torch.zeros(4, T, dtype=torch.long))
@@ -115,7 +122,7 @@ def test_every_nth_step_and_later_skills_are_masked():
     x, keep, labels = diayn.inputs(logprobs, None, skills)
     assert labels.tolist() == [1, 2]
     assert x.flatten(1).tolist() == [[0.0, 2.0, 4.0], [6.0, 8.0, 0.0]]  # steps 0, 2, 4; row 2's step 4 has skill 3
-    assert keep.tolist() == [[True] * 3, [True, True, False]]
+    assert keep.tolist() == [[1.0] * 3, [1.0, 1.0, 0.0]]
 
 
 def test_bonus_is_log_q_minus_log_p():

@@ -93,8 +93,10 @@ class DIAYN(nn.Module):
             raise ValueError(f"diayn_every must be >= 1, got {every}")
         if margin < 0:
             raise ValueError(f"diayn_margin must be >= 0, got {margin}")
-        if pool not in ("flat", "sum"):
-            raise ValueError(f"diayn_pool is 'flat' or 'sum', not {pool!r}")
+        if pool not in ("flat", "sum", "entropy"):
+            raise ValueError(f"diayn_pool is 'flat', 'sum' or 'entropy', not {pool!r}")
+        if pool == "entropy" and features == "taken":
+            raise ValueError("diayn_pool: entropy weighs the steps by the policy's entropy: it needs full or rest features")
         self.archive, self.every, self.features, self.mode, self.margin, self.pool = archive, every, features, mode, margin, pool
         self.stop_grad = stop_grad or mode == "reward"
         width = {"taken": 1, "full": n_actions, "rest": n_actions - 1}[features]
@@ -102,11 +104,12 @@ class DIAYN(nn.Module):
         self.net = nn.Sequential(nn.Linear(steps * width, hidden), nn.GELU(), nn.Linear(hidden, archive))
 
     def inputs(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The discriminator's input [B, steps, width] (zeros at steps of a later skill), which steps
-        count [B, steps] and labels [B] from a batch of segments: taken-action `logprobs` [B, T],
+        """The discriminator's input [B, steps, width] (zeros at steps of a later skill), the weight
+        of each step [B, steps] (0 or 1; with `entropy`, the policy's entropy there over its
+        maximum, detached) and labels [B] from a batch of segments: taken-action `logprobs` [B, T],
         policy `logits` [B, T, A] (for `full`, `rest`), `skills` [B, T]."""
         labels = skills[:, 0]
-        keep = (skills == labels[:, None])[:, :: self.every]
+        keep = (skills == labels[:, None])[:, :: self.every].float()
         if self.features == "taken":
             seen = logprobs.unsqueeze(-1)
         elif self.features == "full":
@@ -118,12 +121,16 @@ class DIAYN(nn.Module):
         if self.stop_grad:
             seen = seen.detach()
         seen = seen[:, :: self.every].float() * keep.unsqueeze(-1)
+        if self.pool == "entropy":
+            log_p = torch.log_softmax(logits.detach().float()[:, :: self.every], dim=-1)
+            keep = keep * -(log_p.exp() * log_p).sum(-1) / math.log(logits.shape[-1])
         return seen, keep, labels
 
     def scores(self, x: Tensor, keep: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
         """Unnormalised log q(z | segment) [B, K]: one net over the whole segment (`flat`), or
         (`sum`) one net per step whose outputs add up over the kept steps, each step's evidence
-        weighed alike (naive Bayes), so a small mark repeated over the segment adds up."""
+        weighed alike (naive Bayes), so a small mark repeated over the segment adds up; `entropy`
+        weighs each step by how undecided the policy is there, where a mark costs the least."""
         net = self.net if params is None else lambda v: torch.func.functional_call(self.net, params, (v,))
         if self.pool == "flat":
             return net(x.flatten(1))
@@ -169,7 +176,7 @@ class DiaynSkills(Algorithm):
 
     Keys (train section): `diayn_coef` (> 0 enables it), `diayn_archive` (K), `diayn_skills`
     (segment | episode), `diayn_every`, `diayn_features` (taken | full | rest), `diayn_mode`
-    (loss | reward), `diayn_stop_grad` (the control), `diayn_pool` (flat | sum), `diayn_margin` (the policy is pushed only
+    (loss | reward), `diayn_stop_grad` (the control), `diayn_pool` (flat | sum | entropy), `diayn_margin` (the policy is pushed only
     on segments whose cross-entropy exceeds it), `diayn_warmup` (share of total_timesteps before
     the policy is pushed at all). Metrics: diayn_loss, diayn_accuracy, diayn_chance (1/K),
     diayn_pushed (share of segments pushing the policy).
