@@ -111,7 +111,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "diayn_every": Key("int", 1, "DIAYN: the discriminator reads every Nth step of a segment", min=1),
         "diayn_features": Key("str", "taken", "DIAYN: the discriminator reads the taken action's log-prob, the "
                               "full log_softmax, or the rest: the non-greedy actions' log-probs renormalised among "
-                              "themselves", choices=("taken", "full", "rest")),
+                              "themselves and sorted", choices=("taken", "full", "rest")),
         "diayn_mode": Key("str", "loss", "DIAYN: cross-entropy in the loss (gradients into the policy) or the "
                           "reward log q(z given the segment) - log p(z)", choices=("loss", "reward")),
         "diayn_stop_grad": Key("bool", False, "DIAYN: cut the discriminator's gradient into the policy (the control "
