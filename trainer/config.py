@@ -260,6 +260,9 @@ def _check_combinations(config: dict) -> None:
     if train["diayn_mode"] == "reward" and train["diayn_features"] != "taken":
         raise ConfigError("train.diayn_mode=reward reads the stored taken-action log-probs: "
                           f"train.diayn_features={train['diayn_features']} must be taken")
+    if train["diayn_pool"] == "entropy" and train["diayn_features"] == "taken":
+        raise ConfigError("train.diayn_pool=entropy weighs each step by the policy's entropy, read from the logits: "
+                          "train.diayn_features must be full or rest")
     if segments % num_envs:
         raise ConfigError(
             f"train.batch_size={batch} / train.bptt_horizon={horizon} gives {segments} segments, "

@@ -135,6 +135,15 @@ def test_bonus_is_log_q_minus_log_p():
     assert diayn.stop_grad  # the reward form never shapes the policy through the loss
 
 
+def test_bonus_of_a_partial_segment_counts_only_the_steps_taken():
+    torch.manual_seed(4)
+    diayn = DIAYN(K, T, mode="reward", pool="sum")
+    logprobs = torch.randn(2, T)
+    skills = torch.tensor([[1] * 3 + [2] * (T - 3), [3] * 3 + [0] * (T - 3)])  # 3 steps taken, the rest marked away
+    log_q = torch.log_softmax(diayn.net(logprobs[:, :3, None]).sum(1), -1)[torch.arange(2), skills[:, 0]]
+    torch.testing.assert_close(diayn.bonus(logprobs, None, skills), log_q + math.log(K))
+
+
 def test_skills_per_segment_or_episode_and_their_state_round_trips():
     segment = Skills(64, K, "segment", seed=3)
     before = segment.z.clone()
@@ -164,5 +173,7 @@ def test_config_rejects_the_reward_mode_over_full_distributions():
 
     with pytest.raises(config.ConfigError, match="diayn_features=full must be taken"):
         config.resolve({"train": {"diayn_coef": 0.1, "diayn_mode": "reward", "diayn_features": "full"}})
+    with pytest.raises(config.ConfigError, match="diayn_features must be full or rest"):
+        config.resolve({"train": {"diayn_coef": 0.1, "diayn_pool": "entropy", "diayn_features": "taken"}})
     with pytest.raises(config.ConfigError, match="diayn_skills"):
         config.resolve({"train": {"diayn_skills": "step"}})

@@ -102,6 +102,7 @@ def test_diayn_skills_and_discriminator_are_restored_on_resume():
     assert resumed.train() == pytest.approx(metrics, nan_ok=True)
 
 
-def test_diayn_reward_mode_pays_the_discriminators_belief():
-    metrics = diayn_run(3, diayn_coef=0.5, diayn_mode="reward")
+@pytest.mark.parametrize("pool", ["flat", "sum"])
+def test_diayn_reward_mode_pays_the_discriminators_belief(pool):
+    metrics = diayn_run(3, diayn_coef=0.5, diayn_mode="reward", diayn_pool=pool)
     assert math.isfinite(metrics[-1]["diayn_reward"]) and metrics[-1]["diayn_accuracy"] >= 0

@@ -14,8 +14,8 @@ state, through which the policy could pass `z` along unshaped.
   back through the log-probs into the policy (`stop_grad` cuts them: the control, which must
   stay at chance, `ln K`). The term is split in two with the same gradients: the discriminator
   learns from every segment (its input detached), and the policy is pushed through a detached
-  copy of the discriminator only on segments still classified worse than `margin` (cross-entropy
-  above it: "enough is enough"), and only after the first `warmup` share of the run.
+  copy of the discriminator only by segments still classified worse than `margin` (cross-entropy
+  at least that: "enough is enough"), and only after the first `warmup` share of the run.
 - `mode: reward`: the discriminator learns on its own (no gradient into the policy), and each
   step earns the classic `coef * (log q(z | segment so far) - log p(z)) / horizon`, the
   discriminator's belief in the true skill from the segment's steps up to that one.
@@ -95,8 +95,6 @@ class DIAYN(nn.Module):
             raise ValueError(f"diayn_margin must be >= 0, got {margin}")
         if pool not in ("flat", "sum", "entropy"):
             raise ValueError(f"diayn_pool is 'flat', 'sum' or 'entropy', not {pool!r}")
-        if pool == "entropy" and features == "taken":
-            raise ValueError("diayn_pool: entropy weighs the steps by the policy's entropy: it needs full or rest features")
         self.archive, self.every, self.features, self.mode, self.margin, self.pool = archive, every, features, mode, margin, pool
         self.stop_grad = stop_grad or mode == "reward"
         width = {"taken": 1, "full": n_actions, "rest": n_actions - 1}[features]
@@ -139,7 +137,7 @@ class DIAYN(nn.Module):
     def loss(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor, push: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy of predicting each segment's skill, and its stats (loss, accuracy, chance 1/K)
         as detached tensors. The discriminator learns from all segments; the policy's gradient is
-        `push` times that of the segments whose cross-entropy exceeds `margin` (all when 0). With
+        `push` times that of the segments whose cross-entropy is at least `margin` (all when 0). With
         one skill there is nothing to tell apart: the loss is 0 and accuracy is chance, 1."""
         chance = logprobs.new_tensor(1.0 / self.archive)
         if self.archive == 1:
@@ -162,7 +160,7 @@ class DIAYN(nn.Module):
     @torch.no_grad()
     def bonus(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> Tensor:
         """The classic reward `log q(z | segment) - log p(z)` [B] of each segment (steps not yet
-        taken may be given as zeros with any skill: only steps with the first step's skill count)."""
+        taken are given a skill other than the first step's: only steps with its skill count)."""
         if self.archive == 1:
             return logprobs.new_zeros(logprobs.shape[0])
         x, keep, labels = self.inputs(logprobs, logits, skills)
@@ -176,9 +174,9 @@ class DiaynSkills(Algorithm):
 
     Keys (train section): `diayn_coef` (> 0 enables it), `diayn_archive` (K), `diayn_skills`
     (segment | episode), `diayn_every`, `diayn_features` (taken | full | rest), `diayn_mode`
-    (loss | reward), `diayn_stop_grad` (the control), `diayn_pool` (flat | sum | entropy), `diayn_margin` (the policy is pushed only
-    on segments whose cross-entropy exceeds it), `diayn_warmup` (share of total_timesteps before
-    the policy is pushed at all). Metrics: diayn_loss, diayn_accuracy, diayn_chance (1/K),
+    (loss | reward), `diayn_stop_grad` (the control), `diayn_pool` (flat | sum | entropy),
+    `diayn_margin` (the policy is pushed only by segments whose cross-entropy is at least this),
+    `diayn_warmup` (share of total_timesteps before the policy is pushed at all). Metrics: diayn_loss, diayn_accuracy, diayn_chance (1/K),
     diayn_pushed (share of segments pushing the policy).
     """
 
@@ -241,8 +239,9 @@ class DiaynSkills(Algorithm):
         experience = self.trainer.experience
         logprobs = torch.zeros(self.num_envs, self.horizon, device=rewards.device)
         logprobs[:, :t] = experience.logprobs[rows, :t]
-        skills = self.skills.z[:, None].expand(-1, self.horizon).clone()
+        skills = torch.empty(self.num_envs, self.horizon, dtype=torch.long, device=rewards.device)
         skills[:, :t] = self.segment_skills(experience.obs[rows, :t])
+        skills[:, t:] = (skills[:, :1] + 1) % self.archive  # steps not yet taken: no pool counts them
         bonus = self.discriminator.bonus(logprobs, None, skills)
         self.stats.add("diayn_reward", bonus.sum(), bonus.numel())
         return rewards + self.coef * bonus / self.horizon
