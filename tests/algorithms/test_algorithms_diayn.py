@@ -47,13 +47,18 @@ def test_full_distribution_features_are_an_easier_task():
     assert train_toy(stop_grad=False, features="full", steps=60)["diayn_accuracy"] > 3 / K
 
 
-def margin_grads(margin: float, push: float = 1.0) -> tuple[Tensor, list[Tensor], Tensor]:
-    """The gradients of DIAYN.loss on the policy's logits and on the discriminator, and each segment's cross-entropy."""
+def margin_grads(margin: float, push: float = 1.0, plain: bool = False) -> tuple[Tensor, list[Tensor], Tensor]:
+    """The gradients of DIAYN.loss (or, `plain`, of the unsplit cross-entropy) on the policy's logits
+    and on the discriminator, and each segment's cross-entropy."""
     torch.manual_seed(2)
     diayn = DIAYN(K, T, n_actions=A, features="full", margin=margin)
     logits = torch.randn(16, T, A, requires_grad=True)
     skills = torch.randint(K, (16, 1)).expand(16, T)
-    loss, _ = diayn.loss(torch.zeros(16, T), logits, skills, push)
+    if plain:
+        x, keep, labels = diayn.inputs(torch.zeros(16, T), logits, skills)
+        loss = nn.functional.cross_entropy(diayn.scores(x, keep), labels)
+    else:
+        loss, _ = diayn.loss(torch.zeros(16, T), logits, skills, push)
     loss.backward()
     with torch.no_grad():
         x, keep, labels = diayn.inputs(torch.zeros(16, T), logits, skills)
@@ -63,6 +68,10 @@ def margin_grads(margin: float, push: float = 1.0) -> tuple[Tensor, list[Tensor]
 
 def test_margin_stops_pushing_the_policy_on_well_classified_segments_only():
     full_policy, full_discriminator, ce = margin_grads(0.0)
+    plain_policy, plain_discriminator, _ = margin_grads(0.0, plain=True)
+    torch.testing.assert_close(full_policy, plain_policy)  # the split has the unsplit loss's gradients
+    for ours, theirs in zip(full_discriminator, plain_discriminator):
+        torch.testing.assert_close(ours, theirs)
     margin = float(ce.median())
     policy, discriminator, _ = margin_grads(margin)
     for ours, theirs in zip(discriminator, full_discriminator):
