@@ -47,8 +47,8 @@ from trainer.train import Trainer  # noqa: E402
 
 ARMS = {
     "maze": ("e3b", "solved", {"baseline": ["train.e3b_coef=0"], "e3b": []}),
-    "snake": ("diayn", "score", {"baseline": ["train.diayn_coef=0"], "diayn 0.05": ["train.diayn_coef=0.05"],
-                                 "diayn 0.07": ["train.diayn_coef=0.07"]}),
+    "snake": ("diayn", "score", {"baseline": ["train.diayn_coef=0"], "diayn": [],
+                                 "diayn flat 0.07": ["train.diayn_pool=flat", "train.diayn_coef=0.07"]}),
 }
 SPS_PAIRS = {  # pair -> (env, profile, arms: label -> --set overrides); the first arm is the baseline
     "e3b": ("maze, hidden 128", "e3b", {"baseline": ["train.e3b_coef=0"], "e3b": [], "e3b per step": ["train.e3b_batch=step"]}),

@@ -112,12 +112,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "diayn_skills": Key("str", "segment", "DIAYN: draw a skill per segment (as streamed) or per episode",
                             choices=("segment", "episode")),
         "diayn_every": Key("int", 1, "DIAYN: the discriminator reads every Nth step of a segment", min=1),
-        "diayn_features": Key("str", "taken", "DIAYN: the discriminator reads the taken action's log-prob or the "
-                              "full log_softmax", choices=("taken", "full")),
+        "diayn_features": Key("str", "taken", "DIAYN: the discriminator reads the taken action's log-prob, the "
+                              "full log_softmax, or the rest: the non-greedy actions' log-probs renormalised among "
+                              "themselves and sorted", choices=("taken", "full", "rest")),
         "diayn_mode": Key("str", "loss", "DIAYN: cross-entropy in the loss (gradients into the policy) or the "
                           "reward log q(z given the segment) - log p(z)", choices=("loss", "reward")),
         "diayn_stop_grad": Key("bool", False, "DIAYN: cut the discriminator's gradient into the policy (the control "
                                "that must stay at chance)"),
+        "diayn_pool": Key("str", "flat", "DIAYN: one discriminator net over the whole segment (flat), or one per "
+                          "step whose evidence adds up over the segment (sum), each step weighed by the policy's "
+                          "normalised entropy there (entropy)", choices=("flat", "sum", "entropy")),
+        "diayn_margin": Key("float", 0.0, "DIAYN: push the policy only on segments whose discriminator "
+                            "cross-entropy exceeds this (true skill's probability below exp(-margin)); 0 = all",
+                            min=0),
+        "diayn_warmup": Key("float", 0.0, "DIAYN: share of total_timesteps before the discriminator pushes the "
+                            "policy (it learns from the start)", min=0, max=1),
         "prio_alpha": Key("float", 0.8, "prioritized segment sampling exponent (0 = uniform)", min=0),
         "prio_beta0": Key("float", 0.2, "importance-weight exponent at the start, annealed to 1", min=0, max=1),
         "norm_adv": Key("bool", True, "normalize advantages per minibatch"),
@@ -257,6 +266,9 @@ def _check_combinations(config: dict) -> None:
     if train["e3b_batch"] == "segment" and train["e3b_decay"] is not None:
         raise ConfigError("train.e3b_batch=segment has no decay variant: with train.e3b_decay set, "
                           "use train.e3b_batch=step (or auto)")
+    if train["diayn_pool"] == "entropy" and train["diayn_features"] == "taken":
+        raise ConfigError("train.diayn_pool=entropy weighs each step by the policy's entropy, read from the logits: "
+                          "train.diayn_features must be full or rest")
     if segments % num_envs:
         raise ConfigError(
             f"train.batch_size={batch} / train.bptt_horizon={horizon} gives {segments} segments, "

@@ -72,6 +72,13 @@ def test_diayn_accuracy_rises_above_chance_and_the_stop_grad_control_does_not():
     assert control[-1]["diayn_loss"] > 0.95 * math.log(4)
 
 
+def test_diayn_warmup_leaves_the_policy_alone_first():
+    warm = diayn_run(2, diayn_coef=5.0, diayn_warmup=0.015)  # from 1,500 of 100,000 steps: the second epoch
+    control = diayn_run(1, diayn_coef=5.0, diayn_stop_grad=True)
+    assert warm[0] == pytest.approx(control[0], nan_ok=True)  # the first epoch as if cut off
+    assert warm[0]["diayn_pushed"] == 0 < warm[1]["diayn_pushed"]
+
+
 def test_diayn_with_one_skill_trains_at_chance_one():
     metrics = diayn_run(2, diayn_coef=0.1, diayn_archive=1)[-1]
     assert metrics["diayn_accuracy"] == metrics["diayn_chance"] == 1.0 and metrics["diayn_loss"] == 0.0
@@ -95,6 +102,7 @@ def test_diayn_skills_and_discriminator_are_restored_on_resume():
     assert resumed.train() == pytest.approx(metrics, nan_ok=True)
 
 
-def test_diayn_reward_mode_pays_the_discriminators_belief():
-    metrics = diayn_run(3, diayn_coef=0.5, diayn_mode="reward")
+@pytest.mark.parametrize("pool", ["flat", "sum"])
+def test_diayn_reward_mode_pays_the_discriminators_belief(pool):
+    metrics = diayn_run(3, diayn_coef=0.5, diayn_mode="reward", diayn_pool=pool)
     assert math.isfinite(metrics[-1]["diayn_reward"]) and metrics[-1]["diayn_accuracy"] >= 0

@@ -4,12 +4,18 @@ Each env acts under a skill `z` in `0..K-1` (`Skills`), drawn per segment (a buf
 default, as streamed) or per episode; `one_hot(z)` joins the policy's input. A small
 discriminator (`DIAYN`) reads a segment's policy log-probs, every `every`-th step, either only
 the log-prob of the action taken (the default: given the whole distribution the task was
-trivial) or the full `log_softmax`, and predicts the segment's `z`. It never sees the hidden
+trivial), the full `log_softmax`, or (`rest`) the log-probs of the actions other than the
+policy's greedy one, renormalised among themselves and sorted (a skill marked there leaves the
+greedy action and its probability alone; unsorted, the skills were marked by which action is
+greedy), and predicts the segment's `z`. It never sees the hidden
 state, through which the policy could pass `z` along unshaped.
 
 - `mode: loss`: the cross-entropy joins the PPO loss as `coef * loss`, with gradients flowing
   back through the log-probs into the policy (`stop_grad` cuts them: the control, which must
-  stay at chance, `ln K`).
+  stay at chance, `ln K`). The term is split in two with the same gradients: the discriminator
+  learns from every segment (its input detached), and the policy is pushed through a detached
+  copy of the discriminator only by segments still classified worse than `margin` (cross-entropy
+  at least that: "enough is enough"), and only after the first `warmup` share of the run.
 - `mode: reward`: the discriminator learns on its own (no gradient into the policy), and each
   step earns the classic `coef * (log q(z | segment so far) - log p(z)) / horizon`, the
   discriminator's belief in the true skill from the segment's steps up to that one.
@@ -76,53 +82,89 @@ class DIAYN(nn.Module):
     """The discriminator q(z | segment log-probs) and its loss, accuracy and reward."""
 
     def __init__(self, archive: int, horizon: int, *, n_actions: int = 1, every: int = 1, features: str = "taken",
-                 mode: str = "loss", stop_grad: bool = False, hidden: int = 64) -> None:
+                 mode: str = "loss", stop_grad: bool = False, margin: float = 0.0, pool: str = "flat",
+                 hidden: int = 64) -> None:
         super().__init__()
-        if features not in ("taken", "full"):
-            raise ValueError(f"diayn_features is 'taken' or 'full', not {features!r}")
+        if features not in ("taken", "full", "rest"):
+            raise ValueError(f"diayn_features is 'taken', 'full' or 'rest', not {features!r}")
         if mode not in ("loss", "reward"):
             raise ValueError(f"diayn_mode is 'loss' or 'reward', not {mode!r}")
         if every < 1:
             raise ValueError(f"diayn_every must be >= 1, got {every}")
-        self.archive, self.every, self.features, self.mode = archive, every, features, mode
+        if margin < 0:
+            raise ValueError(f"diayn_margin must be >= 0, got {margin}")
+        if pool not in ("flat", "sum", "entropy"):
+            raise ValueError(f"diayn_pool is 'flat', 'sum' or 'entropy', not {pool!r}")
+        self.archive, self.every, self.features, self.mode, self.margin, self.pool = archive, every, features, mode, margin, pool
         self.stop_grad = stop_grad or mode == "reward"
-        width = 1 if features == "taken" else n_actions
-        steps = len(range(0, horizon, every))
+        width = {"taken": 1, "full": n_actions, "rest": n_actions - 1}[features]
+        steps = len(range(0, horizon, every)) if pool == "flat" else 1
         self.net = nn.Sequential(nn.Linear(steps * width, hidden), nn.GELU(), nn.Linear(hidden, archive))
 
-    def inputs(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, Tensor]:
-        """The discriminator's input [B, steps * width] and labels [B] from a batch of segments:
-        taken-action `logprobs` [B, T], policy `logits` [B, T, A] (for `full`), `skills` [B, T]."""
+    def inputs(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The discriminator's input [B, steps, width] (zeros at steps of a later skill), the weight
+        of each step [B, steps] (0 or 1; with `entropy`, the policy's entropy there over its
+        maximum, detached) and labels [B] from a batch of segments: taken-action `logprobs` [B, T],
+        policy `logits` [B, T, A] (for `full`, `rest`), `skills` [B, T]."""
         labels = skills[:, 0]
-        keep = (skills == labels[:, None]).unsqueeze(-1)
-        seen = logprobs.unsqueeze(-1) if self.features == "taken" else torch.log_softmax(logits.float(), dim=-1)
+        keep = (skills == labels[:, None])[:, :: self.every].float()
+        if self.features == "taken":
+            seen = logprobs.unsqueeze(-1)
+        elif self.features == "full":
+            seen = torch.log_softmax(logits.float(), dim=-1)
+        else:
+            greedy = nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).bool()
+            rest = torch.log_softmax(logits.float().masked_fill(greedy, -math.inf), dim=-1)
+            seen = rest.sort(dim=-1, descending=True).values[..., :-1]  # which action is which would tell the greedy one
         if self.stop_grad:
             seen = seen.detach()
-        seen = (seen * keep)[:, :: self.every]
-        return seen.flatten(1).float(), labels
+        seen = seen[:, :: self.every].float() * keep.unsqueeze(-1)
+        if self.pool == "entropy":
+            log_p = torch.log_softmax(logits.detach().float()[:, :: self.every], dim=-1)
+            keep = keep * -(log_p.exp() * log_p).sum(-1) / math.log(logits.shape[-1])
+        return seen, keep, labels
 
-    def loss(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def scores(self, x: Tensor, keep: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """Unnormalised log q(z | segment) [B, K]: one net over the whole segment (`flat`), or
+        (`sum`) one net per step whose outputs add up over the kept steps, each step's evidence
+        weighed alike (naive Bayes), so a small mark repeated over the segment adds up; `entropy`
+        weighs each step by how undecided the policy is there, where a mark costs the least."""
+        net = self.net if params is None else lambda v: torch.func.functional_call(self.net, params, (v,))
+        if self.pool == "flat":
+            return net(x.flatten(1))
+        return (net(x) * keep.unsqueeze(-1)).sum(1)
+
+    def loss(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor, push: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy of predicting each segment's skill, and its stats (loss, accuracy, chance 1/K)
-        as detached tensors. With one skill there is nothing to tell apart: the loss is 0 and
-        accuracy is chance, 1."""
+        as detached tensors. The discriminator learns from all segments; the policy's gradient is
+        `push` times that of the segments whose cross-entropy is at least `margin` (all when 0). With
+        one skill there is nothing to tell apart: the loss is 0 and accuracy is chance, 1."""
         chance = logprobs.new_tensor(1.0 / self.archive)
         if self.archive == 1:
             zero = logprobs.new_zeros(())
-            return zero, {"diayn_loss": zero, "diayn_accuracy": chance, "diayn_chance": chance}
-        x, labels = self.inputs(logprobs, logits, skills)
-        scores = self.net(x)
+            return zero, {"diayn_loss": zero, "diayn_accuracy": chance, "diayn_chance": chance, "diayn_pushed": zero}
+        x, keep, labels = self.inputs(logprobs, logits, skills)
+        scores = self.scores(x.detach(), keep)
         loss = nn.functional.cross_entropy(scores, labels)
         accuracy = (scores.argmax(-1) == labels).float().mean()
-        return loss, {"diayn_loss": loss.detach(), "diayn_accuracy": accuracy, "diayn_chance": chance}
+        stats = {"diayn_loss": loss.detach(), "diayn_accuracy": accuracy, "diayn_chance": chance,
+                 "diayn_pushed": chance.new_zeros(())}
+        if self.stop_grad or push == 0:
+            return loss, stats
+        frozen = {name: p.detach() for name, p in self.net.named_parameters()}
+        ce = nn.functional.cross_entropy(self.scores(x, keep, frozen), labels, reduction="none")
+        pushed = ce >= self.margin
+        stats["diayn_pushed"] = pushed.float().mean()
+        return loss + push * (ce * pushed).mean(), stats
 
     @torch.no_grad()
     def bonus(self, logprobs: Tensor, logits: Tensor | None, skills: Tensor) -> Tensor:
         """The classic reward `log q(z | segment) - log p(z)` [B] of each segment (steps not yet
-        taken may be given as zeros with any skill: only steps with the first step's skill count)."""
+        taken are given a skill other than the first step's: only steps with its skill count)."""
         if self.archive == 1:
             return logprobs.new_zeros(logprobs.shape[0])
-        x, labels = self.inputs(logprobs, logits, skills)
-        log_q = torch.log_softmax(self.net(x), dim=-1).gather(1, labels[:, None]).squeeze(1)
+        x, keep, labels = self.inputs(logprobs, logits, skills)
+        log_q = torch.log_softmax(self.scores(x, keep), dim=-1).gather(1, labels[:, None]).squeeze(1)
         return log_q + math.log(self.archive)
 
 
@@ -131,9 +173,11 @@ class DiaynSkills(Algorithm):
     (or reward) from each minibatch's log-probs, the skills in the checkpoint.
 
     Keys (train section): `diayn_coef` (> 0 enables it), `diayn_archive` (K), `diayn_skills`
-    (segment | episode), `diayn_every`, `diayn_features` (taken | full), `diayn_mode`
-    (loss | reward), `diayn_stop_grad` (the control). Metrics: diayn_loss, diayn_accuracy,
-    diayn_chance (1/K).
+    (segment | episode), `diayn_every`, `diayn_features` (taken | full | rest), `diayn_mode`
+    (loss | reward), `diayn_stop_grad` (the control), `diayn_pool` (flat | sum | entropy),
+    `diayn_margin` (the policy is pushed only by segments whose cross-entropy is at least this),
+    `diayn_warmup` (share of total_timesteps before the policy is pushed at all). Metrics: diayn_loss, diayn_accuracy, diayn_chance (1/K),
+    diayn_pushed (share of segments pushing the policy).
     """
 
     @classmethod
@@ -146,7 +190,9 @@ class DiaynSkills(Algorithm):
         self.extra_obs_size = self.archive
         self.coef, self.mode, self.horizon, self.num_envs = train["diayn_coef"], train["diayn_mode"], train["bptt_horizon"], num_envs
         self.settings = {"every": train["diayn_every"], "features": train["diayn_features"], "mode": self.mode,
-                         "stop_grad": train["diayn_stop_grad"]}
+                         "stop_grad": train["diayn_stop_grad"], "margin": train["diayn_margin"],
+                         "pool": train["diayn_pool"]}
+        self.warmup_steps = train["diayn_warmup"] * train["total_timesteps"]
         self.skills = Skills(num_envs, self.archive, train["diayn_skills"], seed=train["seed"], device=device)
         self.discriminator: DIAYN | None = None
         self.offset = 0
@@ -162,6 +208,8 @@ class DiaynSkills(Algorithm):
         space = trainer.envs.single_action_space
         if self.settings["features"] == "full" and not isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
             raise ValueError("diayn_features: full needs a Discrete or MultiDiscrete action space")
+        if self.settings["features"] == "rest" and not isinstance(space, spaces.Discrete):
+            raise ValueError("diayn_features: rest needs a Discrete action space")
         n_actions = int(space.n) if isinstance(space, spaces.Discrete) else int(sum(getattr(space, "nvec", [1])))
         self.discriminator = DIAYN(self.archive, self.horizon, n_actions=n_actions, **self.settings).to(trainer.device)
 
@@ -191,14 +239,16 @@ class DiaynSkills(Algorithm):
         experience = self.trainer.experience
         logprobs = torch.zeros(self.num_envs, self.horizon, device=rewards.device)
         logprobs[:, :t] = experience.logprobs[rows, :t]
-        skills = self.skills.z[:, None].expand(-1, self.horizon).clone()
+        skills = torch.empty(self.num_envs, self.horizon, dtype=torch.long, device=rewards.device)
         skills[:, :t] = self.segment_skills(experience.obs[rows, :t])
+        skills[:, t:] = (skills[:, :1] + 1) % self.archive  # steps not yet taken: no pool counts them
         bonus = self.discriminator.bonus(logprobs, None, skills)
         self.stats.add("diayn_reward", bonus.sum(), bonus.numel())
         return rewards + self.coef * bonus / self.horizon
 
     def loss(self, batch: Minibatch, out: Outputs) -> Tensor | None:
-        loss, stats = self.discriminator.loss(out.logprobs, out.logits, self.segment_skills(batch.obs))
+        push = float(self.trainer.agent_steps >= self.warmup_steps)
+        loss, stats = self.discriminator.loss(out.logprobs, out.logits, self.segment_skills(batch.obs), push)
         for key, value in stats.items():
             self.stats.add(key, value)
         return self.coef * loss if self.mode == "loss" else loss
