@@ -56,10 +56,13 @@ class Case:
         self.best_us = self.best_cpu_us = float("inf")
 
 
+RAW_LABEL = "gymnasium CartPoleVectorEnv (raw)"
+
+
 def raw_cartpole(num_envs: int) -> Case:
     env = gymnasium.make_vec("CartPole-v1", num_envs, vectorization_mode="vector_entry_point")
     env.reset(seed=0)
-    return Case("gymnasium CartPoleVectorEnv (raw)", num_envs, env, env.step, 2)
+    return Case(RAW_LABEL, num_envs, env, env.step, 2)
 
 
 def ours(name: str, num_envs: int, label: str | None = None) -> Case:
@@ -79,12 +82,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/envs.json"), help="JSON output path")
     args = parser.parse_args()
 
-    cases: list[Case] = []
+    rows: list[tuple[str, Callable[[], Case]]] = []  # (label, its case's maker): only the rows --only keeps are built
     for n in args.sizes:
-        cases += [raw_cartpole(n), ours("gym:CartPole-v1", n), ours("puffer:memory", n), ours("puffer:maze", n), ours("puffer:snake", n)]
-    cases.append(ours("gym:Acrobot-v1", args.sync_size, "gym:Acrobot-v1 (sync)"))
-    if args.only:
-        cases = [case for case in cases if case.label in args.only]
+        rows.append((RAW_LABEL, lambda n=n: raw_cartpole(n)))
+        rows += [(name, lambda name=name, n=n: ours(name, n))
+                 for name in ("gym:CartPole-v1", "puffer:memory", "puffer:maze", "puffer:snake")]
+    sync = "gym:Acrobot-v1 (sync)"
+    rows.append((sync, lambda: ours("gym:Acrobot-v1", args.sync_size, sync)))
+    cases = [make_case() for label, make_case in rows if not args.only or label in args.only]
 
     console = Console(width=120)
     with Progress(console=console, transient=True) as progress:

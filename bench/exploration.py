@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +92,12 @@ def epochs_for(trainer: Trainer, seconds: float) -> tuple[int, float, float]:
     return trainer.agent_steps - steps, time.perf_counter() - start, time.process_time() - cpu
 
 
+def rotated(items: Sequence[str], by: int) -> list[str]:
+    """`items` starting at position `by` (mod its length): round `by`'s order, so each arm runs first in turn."""
+    by %= len(items)
+    return [*items[by:], *items[:by]]
+
+
 def sps_arms(profile: str, arms: dict[str, list[str]], rounds: int, seconds: float) -> dict:
     """Every arm's trainer, in rounds whose order rotates, after one warm-up epoch each; per-round SPS
     (wall clock and per CPU second) and each arm's cost against the first arm, round by round."""
@@ -101,7 +108,7 @@ def sps_arms(profile: str, arms: dict[str, list[str]], rounds: int, seconds: flo
     cpu_sps: dict[str, list[float]] = {label: [] for label in trainers}
     labels = list(trainers)
     for round_ in range(rounds):
-        for label in labels[round_ % len(labels):] + labels[:round_ % len(labels)]:
+        for label in rotated(labels, round_):
             steps, wall, cpu = epochs_for(trainers[label], seconds)
             sps[label].append(steps / wall)
             cpu_sps[label].append(steps / cpu)
@@ -131,7 +138,7 @@ def step_times(envs: int, dim: int, horizon: int, rounds: int, segments: int) ->
                "torch step": E3B(envs, dim, backend="torch")}
     times: dict[str, dict[str, list[float]]] = {arm: {"wall": [], "cpu": []} for arm in STEP_ARMS}
     for round_ in range(rounds):
-        for arm in STEP_ARMS[round_ % 3:] + STEP_ARMS[:round_ % 3]:
+        for arm in rotated(STEP_ARMS, round_):
             bonus = bonuses[arm]
             start, cpu = time.perf_counter(), time.process_time()
             for phi, first in zip(phis, firsts):

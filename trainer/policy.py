@@ -18,7 +18,6 @@ from torch import Tensor, nn
 State = tuple[Tensor, Tensor] | None
 
 
-
 class _CompiledGELU(torch.autograd.Function):
     """torch's exact GELU through the csrc ops puffctl::gelu and gelu_backward (float32 on CPU)."""
 
