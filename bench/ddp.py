@@ -11,8 +11,8 @@ spent per 1K steps over the same stretch, sampled while they run: "speedup, a co
 (N x one process's CPU per step / N ranks' CPU per step) is what N ranks would reach with a core
 each, which wall-clock SPS on a loaded machine cannot show.
 
-    python bench/ddp.py [--profile baseline] [--set KEY=VALUE ...] [--steps 400000] [--nproc 2]
-                        [--rounds 3] [--warmup 0.25] [--out FILE]
+    python bench/ddp.py [--profile baseline] [--set KEY=VALUE ...] [--steps 1000000] [--nproc 2]
+                        [--rounds 5] [--warmup 0.25] [--out FILE]
 
 Prints a table and writes JSON (bench/results/ddp.json unless --out). The target (issue 15):
 N=2 ranks at least 1.6x one process; "2 apart" says what this machine allows.
@@ -118,9 +118,9 @@ def main() -> None:
     parser.add_argument("--profile", default="baseline")
     parser.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE",
                         help=f"config overrides (default: {' '.join(DEFAULT_SETS)})")
-    parser.add_argument("--steps", type=int, default=400_000, help="agent steps of the one-process run; N ranks run N times as many")
+    parser.add_argument("--steps", type=int, default=1_000_000, help="agent steps of the one-process run; N ranks run N times as many")
     parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (one process varies by a third from run to run on a 2-core VM)")
     parser.add_argument("--warmup", type=float, default=0.25, help="fraction of the steps left out of the steady state")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ddp.json")
     args = parser.parse_args()
