@@ -4,34 +4,20 @@
 // compiler turns each loop into whole AVX vectors. torch's own backward kernel took three times
 // as long as its forward: the MLP policy's GELU was a fifth of its training phase on CPU.
 // Built with -fno-trapping-math -fno-math-errno (puffctl/build.py): without them gcc keeps the
-// clamp and the sign select as branches and vectorizes nothing.
+// clamp and the sign select as branches and vectorizes nothing (fastmath.h).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <bit>
 #include <cstdint>
+
+#include "fastmath.h"
 
 namespace puff {
 namespace {
 
 constexpr int64_t kGrain = 16384;
-
-// exp(x) for x <= 0: 2^n * p(r) with n = round(x / ln 2), r = x - n ln 2, Cephes' polynomial.
-inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-}
 
 struct CdfPdf {
     float cdf, pdf;  // Phi(x) and phi(x) of the standard normal

@@ -25,11 +25,11 @@ from puffctl.errors import PuffctlError
 DEFAULT_CUDA_ARCHS = ("8.0", "8.6", "8.9", "9.0")
 MAX_ERROR_LINES = 40
 # The kernels, and the torch bindings (which alone see -DPUFFCTL_WITH_CUDA in a cuda build).
-CPU_SOURCES = ("advantage_cpu.cpp", "e3b_cpu.cpp", "gelu_ops.cpp")  # gelu: CPU only, its binding included
+CPU_SOURCES = ("advantage_cpu.cpp", "e3b_cpu.cpp", "gelu_ops.cpp", "lstm_ops.cpp")  # gelu, lstm: CPU only, bindings included
 CUDA_SOURCES = ("advantage_cuda.cu", "e3b_cuda.cu")
 OPS_SOURCES = ("advantage_ops.cpp", "e3b_ops.cpp")
-# Flags one source needs: the GELU loops vectorize only when float compares may not trap.
-SOURCE_FLAGS = {"gelu_ops.cpp": ["-fno-trapping-math", "-fno-math-errno"]}
+# Flags a source needs: the GELU and LSTM gate loops vectorize only when float compares may not trap.
+SOURCE_FLAGS = {source: ["-fno-trapping-math", "-fno-math-errno"] for source in ("gelu_ops.cpp", "lstm_ops.cpp")}
 
 
 @dataclass

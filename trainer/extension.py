@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 SOURCES = ("advantage.h", "advantage_ops.cpp", "advantage_cpu.cpp", "advantage_cuda.cu",
-           "e3b.h", "e3b_ops.cpp", "e3b_cpu.cpp", "e3b_cuda.cu", "gelu_ops.cpp")
+           "e3b.h", "e3b_ops.cpp", "e3b_cpu.cpp", "e3b_cuda.cu", "fastmath.h", "gelu_ops.cpp", "lstm_ops.cpp")
 LIBRARY_NAME = "puffctl_ops.so"
 # The compile recipe (flags, layout) is part of every key, so changing it invalidates old builds.
 RECIPE = Path(__file__).resolve().parent.parent / "puffctl" / "build.py"

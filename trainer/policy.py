@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainer import extension
+
 State = tuple[Tensor, Tensor] | None
 
 
@@ -38,8 +40,6 @@ class GELU(nn.GELU):
 
     def __init__(self) -> None:
         super().__init__()
-        from trainer import extension
-
         self.compiled = extension.use_compiled(torch.device("cpu"), "auto", "GELU")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -49,6 +49,23 @@ class GELU(nn.GELU):
 
 
 ACTIVATIONS = {"gelu": GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class _CompiledLSTM(torch.autograd.Function):
+    """One nn.LSTM layer over a time-major segment through the csrc ops puffctl::lstm_forward and
+    lstm_backward (float32 on CPU): its output only, the final state is not needed in training."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+                b_hh: Tensor) -> Tensor:
+        out, cells, gates = torch.ops.puffctl.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih + b_hh)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, out, cells, gates)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        dx, dh0, dc0, dw_ih, dw_hh, dbias = torch.ops.puffctl.lstm_backward(dout, *ctx.saved_tensors)
+        return dx, dh0, dc0, dw_ih, dw_hh, dbias, dbias
 
 
 class _NarrowInputLinear(torch.autograd.Function):
@@ -191,6 +208,7 @@ class Policy(nn.Module):
             layers += [_layer(linear(inputs, hidden_size), math.sqrt(2)), act()]
         self.encoder = nn.Sequential(*layers)
         self.lstm = nn.LSTM(hidden_size, lstm_hidden_size) if lstm else None  # time-major, its native layout
+        self.compiled_lstm = lstm and extension.use_compiled(torch.device("cpu"), "auto", "LSTM")
         if self.lstm is not None:
             for name, param in self.lstm.named_parameters():
                 if "weight" in name:
@@ -218,9 +236,21 @@ class Policy(nn.Module):
         hidden = self.encoder(obs)
         if self.lstm is not None:
             h, c = state
+            if self._compiled_for(hidden) and not torch.is_grad_enabled():  # collection: no graph to keep
+                lstm = self.lstm
+                out, cells, _ = torch.ops.puffctl.lstm_forward(hidden.unsqueeze(0), h, c, lstm.weight_ih_l0,
+                                                               lstm.weight_hh_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+                return out[0], (out[0], cells[0])
             out, (h, c) = self.lstm(hidden.unsqueeze(0), (h.unsqueeze(0), c.unsqueeze(0)))
             hidden, state = out.squeeze(0), (h.squeeze(0).float(), c.squeeze(0).float())
         return hidden, state
+
+    def _compiled_for(self, x: Tensor) -> bool:
+        """Whether the LSTM runs the compiled ops on input `x` (float32 on CPU, no autocast, a build):
+        forward and backward over a segment took about 3/4 of oneDNN's time at B 256, T 64, H 128,
+        and one collection step at B 1024 about half (csrc/lstm_ops.cpp)."""
+        return self.compiled_lstm and x.dtype == torch.float32 and x.device.type == "cpu" \
+            and not torch.is_autocast_enabled("cpu")
 
     def heads(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """(head params, values) of an embedding, float32. Both heads are one matmul over their
@@ -243,6 +273,12 @@ class Policy(nn.Module):
         if self.lstm is None:
             return self.heads(self.encoder(obs))
         h, c = state
-        hidden, _ = self.lstm(self.encoder(obs.transpose(0, 1)), (h.unsqueeze(0), c.unsqueeze(0)))
+        x = self.encoder(obs.transpose(0, 1))
+        if self._compiled_for(x):
+            lstm = self.lstm
+            hidden = _CompiledLSTM.apply(x.contiguous(), h.contiguous(), c.contiguous(), lstm.weight_ih_l0,
+                                         lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+        else:
+            hidden, _ = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))
         params, values = self.heads(hidden)
         return params.transpose(0, 1), values.transpose(0, 1)

@@ -129,3 +129,34 @@ def test_the_compiled_gelu_is_torchs_gelu():
     wide = torch.randn(6, 10)
     assert torch.allclose(gelu(wide.t()), torch.nn.functional.gelu(wide.t()), atol=6e-7)  # not contiguous
     assert torch.equal(gelu(wide.double()), torch.nn.functional.gelu(wide.double()))  # torch's own off float32
+
+
+@pytest.mark.usefixtures("compiled_ops")
+@pytest.mark.parametrize("horizon", [1, 7])
+def test_the_compiled_lstm_is_nn_lstm_in_training(horizon):
+    """csrc/lstm_ops.cpp in `Policy.sequence` against nn.LSTM on the same weights: outputs and the
+    gradients of every parameter and of the start state agree to float32 rounding."""
+    torch.manual_seed(0)
+    policy = Policy(5, spaces.Discrete(3), hidden_size=16, lstm=True, lstm_hidden_size=12)
+    assert policy.compiled_lstm
+    for name, param in policy.lstm.named_parameters():
+        if "bias" in name:
+            torch.nn.init.normal_(param, std=0.5)  # zero at init: give the bias gradients something to carry
+    obs = torch.randn(9, horizon, 5)
+    results = []
+    for compiled in (True, False):
+        policy.compiled_lstm = compiled
+        policy.zero_grad()
+        h, c = (torch.randn(9, 12, generator=torch.Generator().manual_seed(seed)).requires_grad_() for seed in (1, 2))
+        params, values = policy.sequence(obs, (h, c))
+        (params.square().sum() + 3 * values.sum()).backward()
+        results.append([params, values, h.grad, c.grad, *(p.grad.clone() for p in policy.parameters())])
+    for ours, reference in zip(*results):
+        assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-5)
+    steps = []
+    for compiled in (True, False):  # one collection step (no graph) from the same state
+        policy.compiled_lstm = compiled
+        with torch.no_grad():
+            steps.append([*policy.encode_step(obs[:, 0], (h.detach(), c.detach()))[1], *policy.step(obs[:, 0], (h, c))[:2]])
+    for ours, reference in zip(*steps):
+        assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-5)
