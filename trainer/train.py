@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainer import advantage, algorithms, losses, sampler
+from trainer import advantage, algorithms, allocator, losses, sampler
 from trainer.algorithms import Minibatch, Outputs
 from trainer.distributed import Group
 from trainer.experience import Experience
@@ -71,6 +71,7 @@ class Trainer:
 
         self.config = config
         self.device = torch.device(device)
+        allocator.keep_freed_memory()  # each minibatch's tensors reuse the last one's pages
         self.group = group or Group()
         env_cfg, policy_cfg, train_cfg = config["env"], config["policy"], config["train"]
         self.train_cfg = train_cfg
