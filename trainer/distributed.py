@@ -160,7 +160,6 @@ class Group:
             summed += self.inbox.cpu()
         if now:
             summed = summed + self._sum(torch.tensor(self.outbox, dtype=torch.float32), self.objects)
-            self.outbox = [False] * len(flags)
         agreed = [value > 0 for value in summed.tolist()]
         self.outbox = [raised and not done for raised, done in zip(self.outbox, agreed)]  # answered by this agreement
         self.inbox = None
