@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -10,19 +12,53 @@ from torch import Tensor, nn
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's (Keller Jordan's) quintic
 
 
+def skip_compile_guards() -> None:
+    """Let torch.optim run without importing torch._dynamo, about 2 s of CPU at every start.
+
+    torch.optim guards its methods against torch.compile: add_param_group, zero_grad and
+    state_dict through a wrapper that imports torch._dynamo on its first call and caches what it
+    made on the function; Adam's step through one that imports it on every call (to mark graph
+    breaks). The trainer never compiles. This caches the plain method in the first wrapper's place,
+    and `Optimizers.step` calls the second's wrapped step under no_grad, as the wrapper would. A
+    torch whose wrappers differ, or a process that has imported torch._dynamo, is left alone."""
+    if "torch._dynamo" in sys.modules or not hasattr(torch, "_disable_dynamo"):
+        return
+    guard = torch._disable_dynamo(lambda: None).__code__
+    for method in vars(torch.optim.Optimizer).values():
+        if getattr(method, "__code__", None) is guard and hasattr(method, "__wrapped__"):
+            setattr(method.__wrapped__, "__dynamo_disable", method.__wrapped__)
+
+
+def _eager_step(optimizer: torch.optim.Optimizer) -> Callable[[], object]:
+    """optimizer.step, or the step inside its graph-break guard run as the guard runs it
+    (no_grad unless differentiable); step hooks, which the trainer does not use, are skipped."""
+    step_guard = getattr(sys.modules.get("torch.optim.optimizer"), "_use_grad_for_differentiable", None)
+    hooked = getattr(type(optimizer).step, "__wrapped__", None)
+    plain = getattr(hooked, "__wrapped__", None)
+    if step_guard is None or plain is None or "torch._dynamo" in sys.modules or \
+            getattr(hooked, "__code__", None) is not step_guard(lambda: None).__code__:
+        return optimizer.step
+
+    def step() -> object:
+        with torch.set_grad_enabled(bool(optimizer.defaults.get("differentiable", False))):
+            return plain(optimizer)
+    return step
+
+
 class Optimizers:
     """One or two torch optimizers driven as one: zero_grad, step, lr, state_dict."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
         self.optimizers = optimizers
+        self._steps = [_eager_step(optimizer) for optimizer in optimizers]
 
     def zero_grad(self) -> None:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        for optimizer in self.optimizers:
-            optimizer.step()
+        for step in self._steps:
+            step()
 
     def set_lr(self, lr: float) -> None:
         for optimizer in self.optimizers:
@@ -104,6 +140,7 @@ def make_optimizer(policy: nn.Module, train: dict) -> Optimizers:
     """`train.optimizer`: adam, or muon (Muon on every 2-D weight, Adam on the rest)."""
     adam = dict(lr=train["learning_rate"], betas=(train["adam_beta1"], train["adam_beta2"]),
                 eps=train["adam_eps"])
+    skip_compile_guards()
     params = list(policy.parameters())
     if train["optimizer"] == "adam":
         return Optimizers([torch.optim.Adam(params, **adam)])

@@ -47,6 +47,17 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def _deterministic_algorithms() -> None:
+    """torch.use_deterministic_algorithms(True, warn_only=True) without the import of
+    torch._inductor it does first, to set a torch.compile option: about 2 s of CPU at every
+    start, and the trainer does not compile."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed python, numpy and torch; make torch deterministic if asked."""
     random.seed(seed)
@@ -54,7 +65,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        _deterministic_algorithms()
         # Deterministic without it (torch's docs): the NaN fill of every torch.empty was a
         # fifth of the LSTM's training phase.
         torch.utils.deterministic.fill_uninitialized_memory = False
