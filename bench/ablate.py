@@ -11,7 +11,8 @@ report:   R synthetic finished runs (P progress events each, full-size events) i
 advantage: runs bench/ablations/advantage.yaml (or --spec) and prints its report.
 ray:      the same N tiny cells as a batch on the local executor (S slots) and on a Ray head
   with S CPUs (started here by tests/tooling/ray_head.py, or --ray-where ray://HOST:PORT),
-  side by side: the Ray batch's wall time over the local one. Target: <= 1.3x.
+  side by side: the Ray batch's wall time over the local one. The Ray executor keeps its
+  default number of jobs submitted (the head's room plus its queue). Target: <= 1.3x.
 
     python bench/ablate.py [--only overhead,status,report,advantage,ray] [--cells 16] [--slots 2]
                            [--steps 4096] [--status-cells 1000] [--report-runs 100] [--out FILE]
@@ -100,13 +101,15 @@ def ray_side_by_side(cells: int, slots: int, steps: int, where: str | None) -> d
         head = None if where else RayHead(cpus=slots).start()
         try:
             began = time.perf_counter()
-            executor = ray.executor(where or head.where, str(Path(tmp) / "storage"), slots=slots, on_line=lambda _: None)
+            executor = ray.executor(where or head.where, str(Path(tmp) / "storage"), on_line=lambda _: None)
+            submitted = len(executor.slots())
             counts = engine.Engine(engine.create(Path(tmp) / "ray", engine.plan(spec)), executor).run()
             walls["ray"] = time.perf_counter() - began
         finally:
             if head is not None:
                 head.stop()
-    return {"cells": cells, "slots": slots, "steps": steps, "local_s": walls["local"], "ray_s": walls["ray"],
+    return {"cells": cells, "slots": slots, "ray_submitted": submitted, "steps": steps,
+            "local_s": walls["local"], "ray_s": walls["ray"],
             "completed": {"local": local["completed"], "ray": counts["completed"]}, "ratio": walls["ray"] / walls["local"],
             "target": 1.3}
 

@@ -20,7 +20,7 @@ ablate_app = typer.Typer(
 )
 
 DirOption = typer.Option(None, "--dir", metavar="DIR", help="Ablations root (default: $PUFFCTL_ABLATIONS_DIR, else ./ablations).")
-SlotsOption = typer.Option(None, "--slots", min=1, help="Cells at once (default: the spec's slots, else cores / train.cpu_threads).")
+SlotsOption = typer.Option(None, "--slots", min=1, help="Cells at once (default: the spec's slots, else cores / train.cpu_threads; on Ray, jobs submitted at once, default twice the cluster's room).")
 WhereOption = typer.Option(None, "--where", metavar="local|boxes|B1,B2|ray://HOST:PORT", help="Where cells run (default: the spec's where, else local): boxes = every healthy registered box, one cell per free GPU (per_gpu in the spec for more); ray://HOST:PORT = jobs on a Ray cluster (its dashboard's address; the spec's storage: holds the runs, docs/scale.md).")
 ReassignOption = typer.Option(None, "--reassign-after", metavar="DURATION", help="With boxes: restart a cell elsewhere once its box has been unreachable this long (e.g. 10m); it stops itself there first.")
 RetryFailed = typer.Option(False, "--retry-failed", help="Also rerun cells whose run failed by divergence (a result otherwise).")

@@ -20,7 +20,7 @@ sweep_app = typer.Typer(
 )
 
 DirOption = typer.Option(None, "--dir", metavar="DIR", help="Sweeps root (default: $PUFFCTL_SWEEPS_DIR, else ./sweeps).")
-SlotsOption = typer.Option(None, "--slots", min=1, help="Trial cells at once (default: the spec's slots).")
+SlotsOption = typer.Option(None, "--slots", min=1, help="Trial cells at once (default: the spec's slots; on Ray, jobs submitted at once).")
 STATE_STYLE = {"waiting": "dim", "running": "cyan", "completed": "green", "failed": "red"}
 #: Trials shown in the live table: the running ones plus the latest and best finished.
 LIVE_ROWS = 20

@@ -13,7 +13,10 @@ Every job carries the batch and cell in its metadata: a start finds a job of the
 still running (an orchestrator killed between submit and saving the handle) and follows it
 instead of submitting a second. Ray's statuses map onto the engine's outcomes: SUCCEEDED,
 FAILED (with the driver's exit code) and STOPPED are exits whose `end` event says what
-happened; a job PENDING past `pending_limit` is stopped as a crash (no room on the cluster).
+happened. By default the executor keeps QUEUE more jobs submitted than the cluster has room for,
+so Ray starts the next cell's job the moment one ends instead of waiting for this process to
+notice and submit it; a job PENDING for `pending_limit` s while none of this executor's jobs
+started or ended is stopped as a crash (no room on the cluster).
 `ray` is imported here only, lazily: `pip install 'puffctl[ray]'`.
 """
 
@@ -38,12 +41,16 @@ from puffctl.events import parse_line, read_from
 from puffctl.executors.base import Executor, Exit, Handle, Job
 
 DEFAULT_PORT = 8265
-#: Seconds between two questions to the head about one job (the engine polls faster).
-POLL_EVERY = 0.25
+#: Seconds between two questions to the head about one job (the engine polls faster). Each
+#: costs the head's dashboard about 10 ms of CPU, which a small head shares with the cells.
+POLL_EVERY = 1.0
 #: Seconds between two fetches of a job's log (the whole log: the Jobs API has no offset).
-LOG_EVERY = 0.5
-#: A job still PENDING after this many seconds is stopped and counted as a crash.
+LOG_EVERY = 1.0
+#: A job PENDING this many seconds, with no other job of the batch starting or ending meanwhile,
+#: is stopped and counted as a crash.
 PENDING_LIMIT = 600.0
+#: Jobs submitted beyond the cluster's room (default slots), per cell that fits: Ray queues them.
+QUEUE = 1.0
 #: Seconds Ray waits after the stop signal (SIGINT: the trainer checkpoints) before SIGKILL.
 STOP_WAIT = 30
 #: What a job runs in its working_dir: write the cell's config and provenance into its storage
@@ -110,17 +117,25 @@ class RayExecutor(Executor):
         self._package: str | None = None
         self._asked: dict[str, tuple[float, Exit | None]] = {}
         self._pending: dict[str, float] = {}
+        self._moved = time.monotonic()
+        self._earlier: dict[tuple[str | None, str], str] | None = None
+        self._final_log: dict[str, str] = {}
         self._mirrored: dict[str, tuple[float, int]] = {}
 
     def _cluster_resources(self) -> dict[str, float]:
-        """The cluster's total resources (CPU, GPU) from the dashboard; {} if it does not say."""
+        """The cluster's total CPUs and GPUs over its live nodes, from the head's state API (the
+        GCS's own record, there as soon as a node joins); {} if it does not say."""
         import requests
 
         try:
-            reply = requests.get(f"{self.url}/api/cluster_status", timeout=10).json()
-            usage = reply["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
-            return {name: float(pair[1]) for name, pair in usage.items() if name in ("CPU", "GPU")}
-        except (requests.exceptions.RequestException, ValueError, KeyError, TypeError, IndexError):
+            reply = requests.get(f"{self.url}/api/v0/nodes", params={"detail": "1"}, timeout=10).json()
+            totals: dict[str, float] = {}
+            for node in reply["data"]["result"]["result"]:
+                if node.get("state") == "ALIVE":
+                    for name in ("CPU", "GPU"):
+                        totals[name] = totals.get(name, 0.0) + float(node.get("resources_total", {}).get(name, 0.0))
+            return totals
+        except (requests.exceptions.RequestException, ValueError, KeyError, TypeError):
             return {}
 
     def _wants(self, config: dict) -> tuple[float, float]:
@@ -131,11 +146,13 @@ class RayExecutor(Executor):
         return cpus, (1.0 / self.per_gpu if cuda and self.resources.get("GPU") else 0.0)
 
     def slots(self) -> list[str]:
-        """ray:0 .. ray:N-1: N is --slots / the spec's slots, else what the cluster holds
-        (its GPUs x per_gpu, or its CPUs one per cell)."""
+        """ray:0 .. ray:N-1, the cells submitted at once: N is --slots / the spec's slots, else
+        what the cluster holds (its GPUs x per_gpu, or its CPUs one per cell) plus QUEUE times
+        that, which Ray holds pending until room frees."""
         if self.count is None:
             gpus, cpus = self.resources.get("GPU", 0.0), self.resources.get("CPU", 1.0)
-            self.count = max(1, int(gpus * self.per_gpu) if gpus else int(cpus))
+            room = max(1, int(gpus * self.per_gpu) if gpus else int(cpus))
+            self.count = room + int(room * QUEUE)
         return [f"ray:{index}" for index in range(self.count)]
 
     # ---- the code every job runs ----
@@ -165,13 +182,16 @@ class RayExecutor(Executor):
     # ---- the protocol ----
 
     def _running_job(self, batch: str, cell_id: str) -> str | None:
-        """A job of this cell that is still pending or running (left by an earlier orchestrator)."""
-        for job in self._call(self.client.list_jobs):
-            meta = job.metadata or {}
-            if meta.get("puffctl_batch") == batch and meta.get("puffctl_cell") == cell_id and \
-                    job.status.value in ("PENDING", "RUNNING"):
-                return job.submission_id
-        return None
+        """A job of this cell still pending or running that an earlier orchestrator left (one
+        killed between submit and saving the handle). The head is asked once per executor: the
+        jobs this one submits, it knows."""
+        if self._earlier is None:
+            self._earlier = {}
+            for job in self._call(self.client.list_jobs):
+                meta = job.metadata or {}
+                if job.status.value in ("PENDING", "RUNNING") and "puffctl_cell" in meta:
+                    self._earlier[(meta.get("puffctl_batch"), meta["puffctl_cell"])] = job.submission_id
+        return self._earlier.pop((batch, cell_id), None)
 
     def start(self, job: Job) -> Handle:
         """Submit the cell as a job (or follow the one of this cell still running); record it in launch.json."""
@@ -230,8 +250,10 @@ class RayExecutor(Executor):
             return answer
         status = self._status(handle)
         answer = None
+        if status != "PENDING" and self._pending.pop(job, None) is not None:
+            self._moved = time.monotonic()
         if status == "PENDING":
-            since = self._pending.setdefault(job, time.monotonic())
+            since = max(self._pending.setdefault(job, time.monotonic()), self._moved)
             if time.monotonic() - since > self.pending_limit:
                 self.stop(handle)
                 answer = Exit(None, f"Ray job {job} pending for {self.pending_limit:.0f} s: no room on the cluster")
@@ -245,12 +267,19 @@ class RayExecutor(Executor):
             answer = Exit(None, f"Ray job {job} stopped")
         elif status == "GONE":
             answer = Exit(None, f"Ray job {job} is unknown to the head (restarted?)")
+        if answer is not None:
+            self._moved = time.monotonic()
         self._asked[job] = (time.monotonic(), answer)
         return answer
 
-    def _event_bytes(self, handle: Handle) -> tuple[bytes, str]:
-        """The job's event lines (complete ones, of this cell) as bytes, and the rest of its log."""
-        text = self._call(lambda: self.client.get_job_logs(handle["job"]))
+    def _event_bytes(self, handle: Handle, *, final: bool = False) -> tuple[bytes, str]:
+        """The job's event lines (complete ones, of this cell) as bytes, and the rest of its log.
+        A final fetch (the job has ended) is kept for `collect`, which then asks no more."""
+        text = self._final_log.pop(handle["job"], None)
+        if text is None:
+            text = self._call(lambda: self.client.get_job_logs(handle["job"]))
+        if final:
+            self._final_log[handle["job"]] = text
         self._mirrored[handle["job"]] = (time.monotonic(), len(text))
         run_id = Path(handle["run_dir"]).name
         events, other = [], []
@@ -270,7 +299,7 @@ class RayExecutor(Executor):
         if final or time.monotonic() - fetched >= LOG_EVERY + size / 1e6:
             self._mirrored[handle["job"]] = (time.monotonic(), size)  # an unreachable head is asked no faster
             try:
-                data, _ = self._event_bytes(handle)
+                data, _ = self._event_bytes(handle, final=final)
             except (PuffctlError, RuntimeError):
                 data = b""
             have = (local.stat().st_size if local.exists() else 0) - handle.get("base", 0)

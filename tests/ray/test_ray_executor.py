@@ -66,19 +66,30 @@ def ray_jobs(head: RayHead, cell_id: str) -> list:
 def test_ray_2x2_ablation_rebuilds_each_runs_events_like_a_local_run(tmp_path, head):
     from puffctl.executors.ray import RayExecutor
 
-    spec = spec_file(tmp_path, head, name="grid", steps=4096, seeds=2, slots=2, variants=[
+    spec = spec_file(tmp_path, head, name="grid", steps=4096, seeds=2, variants=[
         {"label": "puff", "profile": "baseline"}, {"label": "gae", "profile": "baseline", "set": {"train.advantage": "gae"}}])
     batch = batch_engine.create(tmp_path / "ablations", batch_engine.plan(spec))
     rebuilt: dict[str, bytes] = {}
+    queued_behind: list[int] = [0]  # the most jobs of the batch running while one of it waited
 
     class Watched(RayExecutor):  # what the log stream rebuilt, before the storage copy could fill gaps
         def collect(self, handle, run_dir):
             rebuilt[run_dir.name] = (run_dir / "events.jsonl").read_bytes()
             super().collect(handle, run_dir)
 
-    counts = batch_engine.Engine(batch, Watched(head.url, str(tmp_path / "storage"), slots=2, on_line=lambda _: None),
-                                 poll=0.1).run()
+        def _status(self, handle):
+            status = super()._status(handle)
+            if status == "PENDING":
+                running = [job for job in self.client.list_jobs() if job.status.value == "RUNNING"
+                           and (job.metadata or {}).get("puffctl_batch") == "grid"]
+                queued_behind[0] = max(queued_behind[0], len(running))
+            return status
+
+    executor = Watched(head.url, str(tmp_path / "storage"), on_line=lambda _: None)
+    assert len(executor.slots()) == 2 * head.cpus, "the head's room plus as many queued"
+    counts = batch_engine.Engine(batch, executor, poll=0.1).run()
     assert counts["completed"] == 4, batch.state
+    assert queued_behind[0] == head.cpus, "no job waited in Ray's queue behind a full head"
     local = tmp_path / "local"
     cell = batch.cells[0]
     runs.create_run_dir(local, cell.cell_id, exact=True)
