@@ -13,10 +13,10 @@ Every job carries the batch and cell in its metadata: a start finds a job of the
 still running (an orchestrator killed between submit and saving the handle) and follows it
 instead of submitting a second. Ray's statuses map onto the engine's outcomes: SUCCEEDED,
 FAILED (with the driver's exit code) and STOPPED are exits whose `end` event says what
-happened. By default the executor keeps QUEUE more jobs submitted than the cluster has room for,
-so Ray starts the next cell's job the moment one ends instead of waiting for this process to
-notice and submit it; a job PENDING for `pending_limit` s while none of this executor's jobs
-started or ended is stopped as a crash (no room on the cluster).
+happened. By default the executor keeps more jobs submitted than the cluster has room for (QUEUE
+times its room more), so Ray starts the next cell's job the moment one ends instead of waiting
+for this process to notice and submit it; a job PENDING for `pending_limit` s while none of
+this executor's jobs started or ended is stopped as a crash (no room on the cluster).
 `ray` is imported here only, lazily: `pip install 'puffctl[ray]'`.
 """
 
