@@ -7,8 +7,12 @@ another process (one line on stderr), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 from trainer import config as config_module
 from trainer.config import ConfigError
@@ -68,5 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def exit_without_teardown(code: int) -> NoReturn:
+    """Exit as the interpreter would (other threads joined, exit handlers run, streams flushed)
+    but without its teardown of every module, which for torch's took 0.6-1.5 s of CPU at the end
+    of every run. Everything the run writes is closed before main() returns."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())
