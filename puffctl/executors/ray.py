@@ -250,7 +250,7 @@ class RayExecutor(Executor):
             return answer
         status = self._status(handle)
         answer = None
-        if status != "PENDING" and self._pending.pop(job, None) is not None:
+        if status not in ("PENDING", None) and self._pending.pop(job, None) is not None:  # None: head away
             self._moved = time.monotonic()
         if status == "PENDING":
             since = max(self._pending.setdefault(job, time.monotonic()), self._moved)
